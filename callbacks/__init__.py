@@ -1,0 +1,1 @@
+"""Lightning callbacks for continual learning with atom banks (installed as ``moram.callbacks``)."""

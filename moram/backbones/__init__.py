@@ -1,0 +1,1 @@
+"""Backbones: open_clip CLIP models and transformers language models, prepared for atoms."""
