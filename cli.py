@@ -1,0 +1,6 @@
+"""Run moram from a checkout without installing the console script: ``python cli.py fit --config ...``."""
+
+from moram.cli import main
+
+if __name__ == "__main__":
+    main()
