@@ -220,9 +220,10 @@ class AtomBank(nn.Module):
     def route(self, p: Tensor) -> Tensor:
         """Routing coefficients ``w ⊙ p`` ``(..., N)`` from raw key responses ``p`` ``(..., N)``.
 
-        Statistics are computed in float32; the result has p's values where selected, else zero.
+        Statistics are computed in at least float32 (half-precision responses are upcast); the result
+        has ``w_i * p_i`` where atom i is selected, else zero.
         """
-        p32 = p.float()
+        p32 = p.to(torch.promote_types(p.dtype, torch.float32))
         s = p32 / (torch.linalg.vector_norm(p32, dim=-1, keepdim=True) + self.eps)  # (..., N)
         score = s if self.signed_scores else s.abs()
         k = min(max(self.top_k, 2), s.shape[-1])

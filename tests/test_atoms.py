@@ -1,0 +1,254 @@
+"""The atom bank against the formula of DESIGN.md §1, its lifecycle, and its state."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from moram import AtomConfig, AtomLinear, AtomStateError, consolidate_atoms, inject_atoms, routed_layers
+from moram.atoms.bank import AtomBank
+
+
+def reference(x, base, keys, values, *, top_k, tau, delta, scale, training, signed=True):
+    """DESIGN.md §1 written token by token, as plainly as possible."""
+    outs = []
+    for token in x.reshape(-1, x.shape[-1]):
+        p = keys @ token  # (N,)
+        s = p / (torch.linalg.vector_norm(p) + AtomBank.eps)
+        score = s if signed else s.abs()
+        k = min(max(top_k, 2), len(p))
+        top = torch.argsort(score, descending=True)[:k]
+        w = torch.zeros_like(p)
+        w[top] = torch.softmax(score[top] / tau, dim=0)
+        if not training and delta is not None:
+            w = w * (score >= delta)
+        outs.append(base(token) + scale * (values.T @ (w * p)))
+    return torch.stack(outs).reshape(*x.shape[:-1], -1)
+
+
+def make_layer(d_in=12, d_out=7, dtype=torch.float64, **cfg):
+    torch.manual_seed(0)
+    base = nn.Linear(d_in, d_out, dtype=dtype)
+    layer = AtomLinear(base, d_in, d_out, AtomConfig(**cfg))
+    layer.base.requires_grad_(False)
+    return layer
+
+
+def fill(layer: AtomLinear, gen: torch.Generator, tasks: int) -> None:
+    """Train-like filling: give the current atoms random values, consolidate, repeat."""
+    bank = layer.bank
+    for _ in range(tasks):
+        with torch.no_grad():
+            bank.current_values.copy_(torch.randn(bank.current_values.shape, generator=gen, dtype=bank.current_values.dtype))
+            bank.current_keys.copy_(torch.randn(bank.current_keys.shape, generator=gen, dtype=bank.current_keys.dtype))
+        layer.consolidate()
+    with torch.no_grad():
+        bank.current_values.copy_(torch.randn(bank.current_values.shape, generator=gen, dtype=bank.current_values.dtype))
+
+
+CASES = [
+    dict(rank=3, top_k=2, temperature=0.5, threshold=0.2, scale=1.0),
+    dict(rank=4, top_k=5, temperature=0.01, threshold=None, scale=2.0),
+    dict(rank=2, top_k=1, temperature=1.0, threshold=-0.1, scale=0.5),  # k is raised to 2
+    dict(rank=3, top_k=100, temperature=0.1, threshold=0.3, scale=1.5),  # k capped at N
+    dict(rank=3, top_k=4, temperature=0.2, threshold=0.1, scale=1.0, signed_scores=False),
+]
+
+
+@pytest.mark.parametrize("cfg", CASES)
+@pytest.mark.parametrize("training", [True, False])
+def test_routed_output_and_gradients_match_reference(cfg, training):
+    layer = make_layer(max_tasks=4, **cfg)
+    gen = torch.Generator().manual_seed(1)
+    fill(layer, gen, tasks=2)
+    layer.train()
+    layer(torch.randn(1, 12, dtype=torch.float64))  # a training step makes the current atoms live
+    layer.train(training)
+    x = torch.randn(2, 5, 12, dtype=torch.float64, generator=gen, requires_grad=True)
+    out = layer(x)
+    keys = layer.keys.detach().clone().requires_grad_(True)
+    values = layer.values.detach().clone().requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref = reference(
+        x_ref, layer.base, keys, values, top_k=cfg["top_k"], tau=cfg["temperature"], delta=cfg["threshold"],
+        scale=cfg["scale"], training=training, signed=cfg.get("signed_scores", True),
+    )
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    ref.backward(grad_out)
+    r = layer.bank.rank
+    torch.testing.assert_close(layer.bank.current_keys.grad, keys.grad[-r:], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(layer.bank.current_values.grad, values.grad[-r:], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-9, atol=1e-10)
+    assert keys.grad[:-r].abs().sum() > 0  # frozen atoms do receive gradient in the reference ...
+    assert not layer.bank.frozen_keys.requires_grad  # ... but are buffers, out of the optimizer's reach
+
+
+def test_float32_matches_reference():
+    layer = make_layer(dtype=torch.float32, rank=4, top_k=4, max_tasks=3)
+    fill(layer, torch.Generator().manual_seed(2), tasks=1)
+    layer.train()
+    x = torch.randn(8, 12)
+    ref = reference(x, layer.base, layer.keys.detach(), layer.values.detach(), top_k=4, tau=0.01, delta=0.2,
+                    scale=1.0, training=True)
+    torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_fresh_layer_is_a_no_op_and_untrained_atoms_never_route():
+    layer = make_layer(rank=3, top_k=3, max_tasks=3)
+    x = torch.randn(4, 12, dtype=torch.float64)
+    layer.eval()
+    assert layer.bank.num_routed == 0 and torch.equal(layer(x), layer.base(x))
+    layer.train()
+    assert torch.equal(layer(x), layer.base(x))  # values start at zero
+    fill(layer, torch.Generator().manual_seed(3), tasks=1)
+    layer.eval()
+    # After consolidation the fresh current atoms (random keys, zero values) exist but, untrained,
+    # take no part in routing at inference: output equals the frozen-only formula.
+    assert not layer.bank.current_in_use
+    frozen_only = reference(x, layer.base, layer.bank.frozen_keys[:3], layer.bank.frozen_values[:3], top_k=3,
+                            tau=0.01, delta=0.2, scale=1.0, training=False)
+    torch.testing.assert_close(layer(x), frozen_only, rtol=1e-10, atol=1e-10)
+    layer.train()
+    layer(x)  # the first training forward brings them in
+    layer.eval()
+    assert layer.bank.current_in_use and layer.bank.num_routed == 6
+
+
+def test_dropout_applies_to_key_input_in_training_only():
+    layer = make_layer(rank=2, top_k=2, max_tasks=2, dropout=0.5)
+    with torch.no_grad():
+        layer.bank.current_values.normal_()
+    x = torch.randn(64, 12, dtype=torch.float64)
+    layer.train()
+    torch.manual_seed(0)
+    a = layer(x)
+    torch.manual_seed(1)
+    b = layer(x)
+    assert not torch.allclose(a, b)
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))
+
+
+def test_consolidation_freezes_atoms_under_adamw_and_grows_counter():
+    model = nn.Sequential(nn.Linear(12, 16), nn.GELU(), nn.Linear(16, 4))
+    cfg = AtomConfig(rank=4, top_k=4, max_tasks=3, targets=["0", "2"])
+    inject_atoms(model, cfg)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.5)
+    gen = torch.Generator().manual_seed(0)
+    snapshots = []
+    for task in range(3):
+        if task:
+            consolidate_atoms(model)
+            for _, layer in routed_layers(model):
+                assert layer.bank.num_frozen_atoms == 4 * task
+                assert torch.equal(layer.bank.current_values, torch.zeros_like(layer.bank.current_values))
+                bound = 1 / math.sqrt(layer.in_features)  # Kaiming-uniform a=sqrt(5)
+                assert layer.bank.current_keys.abs().max() <= bound
+                assert not torch.equal(layer.bank.current_keys, layer.bank.frozen_keys[4 * (task - 1):4 * task])
+            snapshots.append([(layer.bank.frozen_keys.clone(), layer.bank.frozen_values.clone())
+                              for _, layer in routed_layers(model)])
+        for _ in range(20):
+            x = torch.randn(16, 12, generator=gen)
+            loss = model(x).pow(2).mean() + model(x).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        for done, snap in enumerate(snapshots, start=1):  # every earlier task's atoms are bit-identical
+            for (keys, values), (_, layer) in zip(snap, routed_layers(model), strict=True):
+                n = done * 4
+                assert torch.equal(layer.bank.frozen_keys[:n], keys[:n])
+                assert torch.equal(layer.bank.frozen_values[:n], values[:n])
+    with pytest.raises(RuntimeError, match=r"layer '0'.*max_tasks=3.*at least 4"):
+        consolidate_atoms(model)
+
+
+def test_initialisation_is_deterministic_and_independent_of_global_rng():
+    torch.manual_seed(0)
+    a = AtomBank(10, 5, AtomConfig(rank=3), seed=7)
+    torch.manual_seed(123)
+    b = AtomBank(10, 5, AtomConfig(rank=3), seed=7)
+    c = AtomBank(10, 5, AtomConfig(rank=3), seed=8)
+    assert torch.equal(a.current_keys, b.current_keys)
+    assert not torch.equal(a.current_keys, c.current_keys)
+    a.consolidate()
+    assert not torch.equal(a.current_keys, b.current_keys)  # each task draws its own atoms
+
+
+def trained_model(max_tasks=3, rank=2, targets=("0", "2")):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    inject_atoms(model, AtomConfig(rank=rank, top_k=2, max_tasks=max_tasks, targets=list(targets)))
+    gen = torch.Generator().manual_seed(5)
+    for name, layer in routed_layers(model):
+        fill(layer, gen, tasks=1)
+    model.train()
+    model(torch.randn(2, 6))
+    return model
+
+
+def test_state_dict_round_trip_is_exact():
+    model = trained_model()
+    clone = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    inject_atoms(clone, AtomConfig(rank=2, top_k=2, max_tasks=3, targets=["0", "2"]))
+    clone.load_state_dict(model.state_dict())
+    for (_, a), (_, b) in zip(routed_layers(model), routed_layers(clone), strict=True):
+        assert b.bank.num_frozen_atoms == a.bank.num_frozen_atoms == 2
+        assert b.bank.current_in_use == a.bank.current_in_use
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    x = torch.randn(5, 6)
+    model.eval(), clone.eval()
+    assert torch.equal(model(x), clone(x))
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (dict(rank=2, top_k=2, max_tasks=4), r"layer '0'.*max_tasks: checkpoint 3 vs model 4"),
+        (dict(rank=3, top_k=2, max_tasks=3), r"layer '0'.*rank: checkpoint 2 vs model 3"),
+        (dict(rank=2, top_k=2, max_tasks=3, temperature=0.5), r"temperature: checkpoint 0.01 vs model 0.5"),
+    ],
+)
+def test_state_dict_from_other_setting_is_refused(cfg, message):
+    model = trained_model()
+    other = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    inject_atoms(other, AtomConfig(targets=["0", "2"], **cfg))
+    with pytest.raises(AtomStateError, match=message):
+        other.load_state_dict(model.state_dict())
+
+
+def test_state_dict_with_other_targets_is_refused():
+    model = trained_model()
+    other = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    inject_atoms(other, AtomConfig(rank=2, top_k=2, max_tasks=3, targets=["0"]))
+    with pytest.raises(RuntimeError, match=r"2\.bank\.current_keys"):
+        other.load_state_dict(model.state_dict())
+
+
+def test_injection_matching_errors_and_idempotence():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Sequential(nn.Linear(4, 4)))
+    cfg = AtomConfig(rank=2, targets=["0", "re:2\\.\\d+"])
+    assert inject_atoms(model, cfg) == ["0", "2.0"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert inject_atoms(model, cfg) == ["0", "2.0"]
+    assert before.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match=r"pattern\(s\) \['nope'\] matched no module"):
+        inject_atoms(model, AtomConfig(targets=["nope"]))
+    with pytest.raises(TypeError, match=r"module '1' .* ReLU"):
+        inject_atoms(model, AtomConfig(targets=["1"]))
+    with pytest.raises(ValueError, match="different setting"):
+        inject_atoms(model, AtomConfig(rank=3, targets=["0"]))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("rank", 0), ("temperature", 0.0), ("dropout", 1.0), ("threshold", 1.5), ("max_tasks", 0)],
+)
+def test_config_errors_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"AtomConfig.{field}"):
+        AtomConfig(**{field: value})
