@@ -2,6 +2,13 @@
 
 ``moram fit --config configs/clip_cl.yaml`` runs a whole task sequence (one epoch per task).
 Model and data are chosen by ``class_path`` in the YAML; every option shows in ``--help``.
+
+Values that must agree are derived, not written twice: when the data is a task stream
+(:class:`moram.protocols.TaskStream`), ``trainer.max_epochs`` left null becomes the number of tasks,
+and the LightningModules size their atom banks from the same number (``model.atoms.max_tasks: null``).
+A continual run always gets a :class:`~moram.callbacks.task_boundary.TaskBoundaryCallback` and a
+:class:`~moram.callbacks.continual_metrics.ContinualMetricsCallback`; list either under
+``trainer.callbacks`` to configure it, and the default one is not added.
 """
 
 from __future__ import annotations
@@ -9,17 +16,43 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
+
+from moram.protocols import TaskStream
+
+
+def continual_callbacks(configured: list[Callback]) -> list[Callback]:
+    """The callbacks a continual run needs, minus those the user already configured."""
+    from moram.callbacks.continual_metrics import ContinualMetricsCallback
+    from moram.callbacks.task_boundary import TaskBoundaryCallback
+
+    defaults: list[Callback] = []
+    for callback_type in (TaskBoundaryCallback, ContinualMetricsCallback):
+        if not any(isinstance(c, callback_type) for c in configured):
+            defaults.append(callback_type())
+    return defaults
 
 
 class MoramCLI(LightningCLI):
-    """LightningCLI with moram's defaults."""
+    """LightningCLI with the continual-run defaults described in the module docstring."""
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        if isinstance(self.datamodule, TaskStream):
+            configured = list(config.get("callbacks") or []) + list(callbacks)
+            callbacks = list(callbacks) + continual_callbacks(configured)
+            if config.get("max_epochs") is None:
+                config = {**config, "max_epochs": self.datamodule.num_tasks}
+            elif config["max_epochs"] != self.datamodule.num_tasks:
+                raise ValueError(
+                    f"trainer.max_epochs={config['max_epochs']} but the task stream has "
+                    f"{self.datamodule.num_tasks} tasks (one epoch per task); leave trainer.max_epochs null"
+                )
+        return super()._instantiate_trainer(config, callbacks)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> MoramCLI:
-    """Entry point of the ``moram`` console script."""
-    kwargs: dict[str, Any] = {}
+    """Entry point of the ``moram`` console script (``args`` defaults to ``sys.argv[1:]``)."""
     return MoramCLI(
         LightningModule,
         LightningDataModule,
@@ -28,7 +61,6 @@ def main(args: list[str] | None = None, run: bool = True) -> MoramCLI:
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
-        **kwargs,
     )
 
 

@@ -169,10 +169,10 @@ def test_consolidation_freezes_atoms_under_adamw_and_grows_counter():
 
 def test_initialisation_is_deterministic_and_independent_of_global_rng():
     torch.manual_seed(0)
-    a = AtomBank(10, 5, AtomConfig(rank=3), seed=7)
+    a = AtomBank(10, 5, AtomConfig(rank=3, max_tasks=2), seed=7)
     torch.manual_seed(123)
-    b = AtomBank(10, 5, AtomConfig(rank=3), seed=7)
-    c = AtomBank(10, 5, AtomConfig(rank=3), seed=8)
+    b = AtomBank(10, 5, AtomConfig(rank=3, max_tasks=2), seed=7)
+    c = AtomBank(10, 5, AtomConfig(rank=3, max_tasks=2), seed=8)
     assert torch.equal(a.current_keys, b.current_keys)
     assert not torch.equal(a.current_keys, c.current_keys)
     a.consolidate()
@@ -231,18 +231,18 @@ def test_state_dict_with_other_targets_is_refused():
 
 def test_injection_matching_errors_and_idempotence():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Sequential(nn.Linear(4, 4)))
-    cfg = AtomConfig(rank=2, targets=["0", "re:2\\.\\d+"])
+    cfg = AtomConfig(rank=2, max_tasks=2, targets=["0", "re:2\\.\\d+"])
     assert inject_atoms(model, cfg) == ["0", "2.0"]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert inject_atoms(model, cfg) == ["0", "2.0"]
     assert before.keys() == model.state_dict().keys()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     with pytest.raises(ValueError, match=r"pattern\(s\) \['nope'\] matched no module"):
-        inject_atoms(model, AtomConfig(targets=["nope"]))
+        inject_atoms(model, AtomConfig(max_tasks=2, targets=["nope"]))
     with pytest.raises(TypeError, match=r"module '1' .* ReLU"):
-        inject_atoms(model, AtomConfig(targets=["1"]))
+        inject_atoms(model, AtomConfig(max_tasks=2, targets=["1"]))
     with pytest.raises(ValueError, match="different setting"):
-        inject_atoms(model, AtomConfig(rank=3, targets=["0"]))
+        inject_atoms(model, AtomConfig(rank=3, max_tasks=2, targets=["0"]))
 
 
 @pytest.mark.parametrize(

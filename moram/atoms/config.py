@@ -33,8 +33,9 @@ class AtomConfig:
     """Multiplier of the bank's output, identical in training and inference."""
     dropout: float = 0.0
     """Dropout probability on the layer input before the keys (training only)."""
-    max_tasks: int = 10
-    """Number of tasks the banks hold; the capacity max_tasks x rank is allocated once."""
+    max_tasks: int | None = None
+    """Number of tasks the banks hold; the capacity max_tasks x rank is allocated once. None: taken
+    from the task stream's number of tasks (moram's LightningModules fill it); injecting needs a number."""
     targets: list[str] | None = None
     """Module names to adapt: an exact name, a dotted suffix ("q_proj" matches "layers.0.attn.q_proj")
     or a regular expression prefixed with "re:" (matched against the full name).
@@ -55,7 +56,7 @@ class AtomConfig:
             ("temperature", self.temperature > 0, "a float > 0"),
             ("scale", self.scale == self.scale, "a finite float"),
             ("dropout", 0.0 <= self.dropout < 1.0, "a float in [0, 1)"),
-            ("max_tasks", self.max_tasks >= 1, "an integer >= 1"),
+            ("max_tasks", self.max_tasks is None or self.max_tasks >= 1, "None or an integer >= 1"),
             (
                 "threshold",
                 self.threshold is None or -1.0 <= self.threshold <= 1.0,
@@ -77,6 +78,11 @@ class AtomConfig:
     @property
     def capacity(self) -> int:
         """Atoms a bank can hold over the whole run: ``max_tasks * rank``."""
+        if self.max_tasks is None:
+            raise ValueError(
+                "AtomConfig.max_tasks is None: set the number of tasks the atom banks must hold "
+                "(with a task stream, moram's LightningModules take it from data)"
+            )
         return self.max_tasks * self.rank
 
     @classmethod

@@ -130,11 +130,12 @@ def inject_atoms(model: nn.Module, config: AtomConfig, targets: Sequence[str] | 
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-        >>> inject_atoms(model, AtomConfig(rank=2, targets=["0", "2"]))
+        >>> inject_atoms(model, AtomConfig(rank=2, max_tasks=3, targets=["0", "2"]))
         ['0', '2']
         >>> [n for n, p in model.named_parameters() if p.requires_grad]
         ['0.bank.current_keys', '0.bank.current_values', '2.bank.current_keys', '2.bank.current_values']
     """
+    config.capacity  # noqa: B018 -- raises the clear error when max_tasks is unset
     patterns = list(targets if targets is not None else config.targets or [])
     if not patterns:
         raise ValueError(

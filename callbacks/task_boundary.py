@@ -1,0 +1,143 @@
+"""Freeze and grow the atom banks between tasks (one epoch = one task).
+
+At the start of task ``t`` (``trainer.current_epoch``), every bank is consolidated until it holds
+``t × rank`` frozen atoms; whenever that happens the optimizer state of the current atoms is zeroed
+in place and the per-task learning-rate schedule restarts. The check runs in
+``on_train_epoch_start`` *and* ``on_train_batch_start``: Lightning skips the former when it resumes
+from a checkpoint written at the last batch of an epoch, and consolidating only at epoch end lost a
+whole task after such a resume (DESIGN.md §4). The decision is counter-driven, hence idempotent
+and identical on every rank.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from moram.atoms.inject import clean_name
+from moram.protocols import TaskStream, find_atom_layers
+
+
+class TaskBoundaryCallback(Callback):
+    """Consolidate atoms, reset their optimizer state and restart the LR schedule at task boundaries.
+
+    Works with any LightningModule that has routed layers (``AtomLinear``), ours or not; it talks to
+    the model only through :func:`moram.protocols.find_atom_layers`.
+
+    Args:
+        reset_optimizer_state: zero the optimizer state (e.g. Adam's step, exp_avg, exp_avg_sq) of the
+            current atoms at each boundary, in place (removing entries breaks sharded checkpoints).
+        restart_lr_schedule: put every LR scheduler back to its first step at each boundary.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> trainer = Trainer(callbacks=[TaskBoundaryCallback()], max_epochs=3, reload_dataloaders_every_n_epochs=1)
+    """
+
+    def __init__(self, reset_optimizer_state: bool = True, restart_lr_schedule: bool = True) -> None:
+        self.reset_optimizer_state = reset_optimizer_state
+        self.restart_lr_schedule = restart_lr_schedule
+        self.boundary_steps: list[int] = []  # global step at which each boundary was crossed
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Checked here, not in setup(): models built in configure_model() exist only after setup.
+        layers = find_atom_layers(pl_module)
+        if not layers:
+            raise ValueError(
+                f"TaskBoundaryCallback found no routed layers in {type(pl_module).__name__}; "
+                "inject atoms (moram.inject_atoms) before fitting"
+            )
+        stream = getattr(trainer, "datamodule", None)
+        if isinstance(stream, TaskStream):
+            bank = layers[0][1].bank
+            max_tasks = bank.capacity // bank.rank
+            if stream.num_tasks > max_tasks:
+                raise ValueError(
+                    f"the task stream has {stream.num_tasks} tasks but the atom banks hold max_tasks={max_tasks}; "
+                    f"set the model's AtomConfig.max_tasks to at least {stream.num_tasks}"
+                )
+            if trainer.reload_dataloaders_every_n_epochs != 1:
+                raise ValueError(
+                    "one epoch is one task: set trainer.reload_dataloaders_every_n_epochs=1 so each epoch "
+                    "serves its own task"
+                )
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._cross_boundaries(trainer, pl_module)
+
+    @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._cross_boundaries(trainer, pl_module)
+
+    def _task_index(self, trainer: Trainer) -> int:
+        stream = getattr(trainer, "datamodule", None)
+        task = trainer.current_epoch
+        if isinstance(stream, TaskStream):
+            task = min(task, stream.num_tasks - 1)
+        return task
+
+    def _cross_boundaries(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        layers = find_atom_layers(pl_module)
+        done = {layer.bank.task_index for _, layer in layers}
+        if len(done) != 1:
+            raise RuntimeError(f"routed layers disagree on the task they are in: {sorted(done)}")
+        task, consolidated = self._task_index(trainer), done.pop()
+        if consolidated >= task:
+            return
+        while consolidated < task:
+            for _, layer in layers:
+                layer.consolidate()
+            consolidated += 1
+        if self.reset_optimizer_state:
+            reset_atom_optimizer_state(trainer, pl_module)
+        if self.restart_lr_schedule:
+            restart_lr_schedules(trainer)
+        self.boundary_steps.append(trainer.global_step)
+        filled = layers[0][1].bank.num_frozen_atoms
+        rank_zero_info(
+            f"moram: task {task + 1} starts at step {trainer.global_step}: {len(layers)} routed layers hold "
+            f"{filled} frozen atoms each ({clean_name(layers[0][0])} ...)"
+        )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"boundary_steps": list(self.boundary_steps)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.boundary_steps = list(state_dict.get("boundary_steps", []))
+
+
+def reset_atom_optimizer_state(trainer: Trainer, pl_module: LightningModule) -> int:
+    """Zero, in place, every optimizer state tensor of the current atoms; returns how many were reset."""
+    params = {id(p) for _, layer in find_atom_layers(pl_module) for p in (layer.bank.current_keys, layer.bank.current_values)}
+    count = 0
+    for optimizer in trainer.optimizers:
+        for param, state in optimizer.state.items():
+            if id(param) not in params:
+                continue
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    value.zero_()
+                else:
+                    state[key] = type(value)(0)
+            count += 1
+    return count
+
+
+def restart_lr_schedules(trainer: Trainer) -> None:
+    """Put every scheduler at its first step and set the groups' learning rates accordingly."""
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        scheduler.last_epoch = 0  # type: ignore[attr-defined]
+        closed_form = getattr(scheduler, "_get_closed_form_lr", None)
+        lrs = closed_form() if callable(closed_form) else scheduler.get_lr()  # type: ignore[attr-defined]
+        for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):  # type: ignore[attr-defined]
+            group["lr"] = lr
+        scheduler._last_lr = list(lrs)  # type: ignore[attr-defined]

@@ -1,0 +1,236 @@
+"""The CLIP continual-learning LightningModule: a frozen open_clip model with atom banks.
+
+One ``fit`` runs the whole task sequence (one epoch = one task, DESIGN.md §3). Training uses the
+current task's class prompts (DESIGN.md §1 loss); validation after every task scores every task,
+seen and unseen, in the configured protocol and logs each score under
+:func:`moram.protocols.score_key`, where the continual-metrics callback picks it up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from moram.atoms.config import AtomConfig
+from moram.atoms.inject import current_atom_parameters, routed_layers
+from moram.atoms.linear import AtomLinear
+from moram.losses import clip_class_loss
+from moram.protocols import TaskStream, score_key
+
+Protocol = Literal["task_aware", "task_agnostic"]
+AGNOSTIC_PREFIX = "eval/agnostic/"
+AWARE_PREFIX = "eval/aware/"
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    """LR factor at ``step`` of a task of ``total`` steps: linear warmup, then cosine to zero."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class CLIPContinualModule(LightningModule):
+    """Continual CLIP with MoRAM atoms in the image tower, the text tower or both.
+
+    Args:
+        model_config: a moram-shipped model config name (``moram/assets/models``) or a JSON file;
+            exclusive with ``model_name``.
+        model_name: an open_clip model name (e.g. ``ViT-B-16``).
+        pretrained: weights: an open_clip tag (``openai``), a local file (safetensors / torch), or
+            ``packaged`` for the weights moram ships for ``model_config``; None keeps random weights.
+        atoms: atom settings (rank, top_k, temperature, threshold, scale, dropout, max_tasks, targets).
+        towers: towers that carry atoms: ``image``, ``text`` or both.
+        layers: layer groups that carry atoms: ``attn`` (q, k, v, out) and/or ``mlp`` (c_fc, c_proj).
+        protocol: how the reported score classifies a test image: ``task_aware`` (among its own
+            task's classes, MTIL) or ``task_agnostic`` (among the union of all tasks' classes, X-TAIL).
+            Both views are always logged (``eval/aware/*``, ``eval/agnostic/*``).
+        lr: AdamW learning rate of the current atoms.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear warmup steps at the start of every task.
+        steps_per_task: length of the per-task cosine schedule (linked from ``data.steps_per_task``).
+    """
+
+    def __init__(
+        self,
+        model_config: str | None = "moram-tiny-minilm",
+        model_name: str | None = None,
+        pretrained: str | None = None,
+        atoms: AtomConfig | None = None,
+        towers: list[str] | None = None,
+        layers: list[str] | None = None,
+        protocol: Protocol = "task_aware",
+        lr: float = 5e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        steps_per_task: int = 500,
+        log_every_n_steps: int = 10,
+    ) -> None:
+        super().__init__()
+        if (model_config is None) == (model_name is None):
+            raise ValueError("set exactly one of model.model_config (a moram/JSON config) and model.model_name "
+                             "(an open_clip name)")
+        if protocol not in ("task_aware", "task_agnostic"):
+            raise ValueError(f"model.protocol must be 'task_aware' or 'task_agnostic', got {protocol!r}")
+        self.save_hyperparameters()
+        self.atoms = atoms if atoms is not None else AtomConfig()
+        self.towers = list(towers or ["image", "text"])
+        self.layer_groups = list(layers or ["attn", "mlp"])
+        self.protocol = protocol
+        self.model: nn.Module | None = None
+        self.tokenizer: Any = None
+        self.adapted: list[str] = []
+        self._prompt_cache: dict[int, Tensor] = {}
+        self._eval: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ construction
+    def configure_model(self) -> None:
+        """Build the backbone, load weights, convert attention and inject atoms (once)."""
+        if self.model is not None:
+            return
+        from moram.backbones.clip import build_clip, prepare_clip
+
+        hp = self.hparams
+        if self.atoms.max_tasks is None:
+            stream = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            if not isinstance(stream, TaskStream):
+                raise ValueError("model.atoms.max_tasks is null and there is no task stream to take it from; set it")
+            self.atoms = dataclasses.replace(self.atoms, max_tasks=stream.num_tasks)
+        model, tokenizer = build_clip(model_name=hp.model_name, model_config=hp.model_config, pretrained=hp.pretrained)
+        self.adapted = prepare_clip(model, self.atoms, towers=self.towers, layers=self.layer_groups)
+        self.model, self.tokenizer = model, tokenizer
+
+    def atom_layers(self) -> list[tuple[str, AtomLinear]]:
+        """The routed layers (the :class:`moram.protocols.AtomHost` protocol)."""
+        return routed_layers(self.model) if self.model is not None else []
+
+    @property
+    def clip(self) -> nn.Module:
+        if self.model is None:
+            self.configure_model()
+        assert self.model is not None
+        return self.model
+
+    # ------------------------------------------------------------------ task bookkeeping
+    @property
+    def stream(self) -> Any:
+        stream = getattr(self.trainer, "datamodule", None)
+        if stream is None or not hasattr(stream, "tasks"):
+            raise ValueError(
+                "CLIPContinualModule needs a task-stream datamodule with `tasks` (class names and templates), "
+                "e.g. moram.data.stream.TaskStreamDataModule"
+            )
+        return stream
+
+    def _task_prompts(self, task: int) -> Tensor:
+        if task not in self._prompt_cache:
+            t = self.stream.tasks[task]
+            self._prompt_cache[task] = self.tokenizer([t.template.format(c) for c in t.classnames])
+        return self._prompt_cache[task].to(self.device)
+
+    def _encode_text(self, tokens: Tensor) -> Tensor:
+        return F.normalize(self.clip.encode_text(tokens), dim=-1)
+
+    def _encode_image(self, images: Tensor) -> Tensor:
+        return F.normalize(self.clip.encode_image(images), dim=-1)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        task = min(self.current_epoch, self.stream.num_tasks - 1)
+        text = self._encode_text(self._task_prompts(task))  # (C, D), with grad: the text tower has atoms
+        image = self._encode_image(images)  # (B, D)
+        loss = clip_class_loss(image, text, labels, self.clip.logit_scale.exp())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at task {task} step {batch_idx}; lower model.lr "
+                f"(now {self.hparams.lr}) or check the data of task '{self.stream.task_names[task]}'"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        params = current_atom_parameters(self.clip)
+        if not params:
+            raise ValueError("no trainable atom parameters; check model.atoms.targets / model.towers")
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+                                      weight_decay=self.hparams.weight_decay)
+        total, warmup = self.hparams.steps_per_task, self.hparams.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ evaluation
+    def _start_eval(self) -> None:
+        tasks = self.stream.tasks
+        union: list[str] = []
+        prompts: list[str] = []
+        for t in tasks:
+            for c in t.classnames:
+                if c not in union:
+                    union.append(c)
+                    prompts.append(t.template.format(c))
+        text = self._encode_text(self.tokenizer(prompts).to(self.device))  # (U, D)
+        to_union = [torch.tensor([union.index(c) for c in t.classnames], device=self.device) for t in tasks]
+        self._eval = {
+            "text": text,
+            "to_union": to_union,
+            "counts": torch.zeros(len(tasks), 3, device=self.device, dtype=torch.long),  # aware, agnostic, total
+        }
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], task: int) -> None:
+        images, labels = batch
+        image = self._encode_image(images)  # (B, D)
+        text, to_union = self._eval["text"], self._eval["to_union"][task]
+        aware = (image @ text[to_union].T).argmax(dim=1)  # among the task's own classes
+        agnostic = (image @ text.T).argmax(dim=1)  # among the union of all class names
+        counts = self._eval["counts"][task]
+        counts[0] += (aware == labels).sum()
+        counts[1] += (agnostic == to_union[labels]).sum()
+        counts[2] += len(labels)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def _finish_eval(self, prefix: str) -> dict[str, float]:
+        counts = self.trainer.strategy.reduce(self._eval["counts"], reduce_op="sum")  # each sample once
+        scores: dict[str, float] = {}
+        for task, name in enumerate(self.stream.task_names):
+            total = max(int(counts[task, 2]), 1)
+            aware = 100.0 * float(counts[task, 0]) / total
+            agnostic = 100.0 * float(counts[task, 1]) / total
+            primary = aware if self.protocol == "task_aware" else agnostic
+            scores[name] = primary
+            self.log(f"{prefix}{name}", primary, sync_dist=False)
+            self.log(f"{AWARE_PREFIX}{name}", aware, sync_dist=False)
+            self.log(f"{AGNOSTIC_PREFIX}{name}", agnostic, sync_dist=False)
+        return scores
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_eval(score_key(""))
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test/score/")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Task-agnostic class index (into the union of all tasks' class names) of each image."""
+        if not self._eval:
+            self._start_eval()
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return (self._encode_image(images) @ self._eval["text"].T).argmax(dim=1)
