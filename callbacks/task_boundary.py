@@ -11,6 +11,7 @@ and identical on every rank.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -137,7 +138,9 @@ def restart_lr_schedules(trainer: Trainer) -> None:
         scheduler = config.scheduler
         scheduler.last_epoch = 0  # type: ignore[attr-defined]
         closed_form = getattr(scheduler, "_get_closed_form_lr", None)
-        lrs = closed_form() if callable(closed_form) else scheduler.get_lr()  # type: ignore[attr-defined]
+        with warnings.catch_warnings():  # get_lr() outside step() warns; at last_epoch=0 it is what we want
+            warnings.simplefilter("ignore", UserWarning)
+            lrs = closed_form() if callable(closed_form) else scheduler.get_lr()  # type: ignore[attr-defined]
         for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):  # type: ignore[attr-defined]
             group["lr"] = lr
         scheduler._last_lr = list(lrs)  # type: ignore[attr-defined]
