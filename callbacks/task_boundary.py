@@ -62,7 +62,7 @@ class TaskBoundaryCallback(Callback):
                     f"the task stream has {stream.num_tasks} tasks but the atom banks hold max_tasks={max_tasks}; "
                     f"set the model's AtomConfig.max_tasks to at least {stream.num_tasks}"
                 )
-            if trainer.reload_dataloaders_every_n_epochs != 1:
+            if getattr(trainer, "reload_dataloaders_every_n_epochs", 1) != 1:
                 raise ValueError(
                     "one epoch is one task: set trainer.reload_dataloaders_every_n_epochs=1 so each epoch "
                     "serves its own task"
@@ -117,7 +117,8 @@ class TaskBoundaryCallback(Callback):
 
 def reset_atom_optimizer_state(trainer: Trainer, pl_module: LightningModule) -> int:
     """Zero, in place, every optimizer state tensor of the current atoms; returns how many were reset."""
-    params = {id(p) for _, layer in find_atom_layers(pl_module) for p in (layer.bank.current_keys, layer.bank.current_values)}
+    layers = find_atom_layers(pl_module)
+    params = {id(p) for _, layer in layers for p in (layer.bank.current_keys, layer.bank.current_values)}
     count = 0
     for optimizer in trainer.optimizers:
         for param, state in optimizer.state.items():

@@ -85,7 +85,10 @@ class CLIPContinualModule(LightningModule):
         self.towers = list(towers or ["image", "text"])
         self.layer_groups = list(layers or ["attn", "mlp"])
         self.protocol = protocol
-        self.model: nn.Module | None = None
+        self.model_config, self.model_name, self.pretrained = model_config, model_name, pretrained
+        self.lr, self.weight_decay, self.betas = lr, weight_decay, (float(betas[0]), float(betas[1]))
+        self.warmup_steps, self.steps_per_task = warmup_steps, steps_per_task
+        self.model: Any = None  # the open_clip model, built in configure_model()
         self.tokenizer: Any = None
         self.adapted: list[str] = []
         self._prompt_cache: dict[int, Tensor] = {}
@@ -98,13 +101,14 @@ class CLIPContinualModule(LightningModule):
             return
         from moram.backbones.clip import build_clip, prepare_clip
 
-        hp = self.hparams
         if self.atoms.max_tasks is None:
             stream = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
             if not isinstance(stream, TaskStream):
                 raise ValueError("model.atoms.max_tasks is null and there is no task stream to take it from; set it")
             self.atoms = dataclasses.replace(self.atoms, max_tasks=stream.num_tasks)
-        model, tokenizer = build_clip(model_name=hp.model_name, model_config=hp.model_config, pretrained=hp.pretrained)
+        model, tokenizer = build_clip(
+            model_name=self.model_name, model_config=self.model_config, pretrained=self.pretrained
+        )
         self.adapted = prepare_clip(model, self.atoms, towers=self.towers, layers=self.layer_groups)
         self.model, self.tokenizer = model, tokenizer
 
@@ -113,10 +117,10 @@ class CLIPContinualModule(LightningModule):
         return routed_layers(self.model) if self.model is not None else []
 
     @property
-    def clip(self) -> nn.Module:
+    def clip(self) -> Any:
+        """The open_clip model (built on first use)."""
         if self.model is None:
             self.configure_model()
-        assert self.model is not None
         return self.model
 
     # ------------------------------------------------------------------ task bookkeeping
@@ -152,7 +156,7 @@ class CLIPContinualModule(LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss {loss.item()} at task {task} step {batch_idx}; lower model.lr "
-                f"(now {self.hparams.lr}) or check the data of task '{self.stream.task_names[task]}'"
+                f"(now {self.lr}) or check the data of task '{self.stream.task_names[task]}'"
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         return loss
@@ -161,9 +165,8 @@ class CLIPContinualModule(LightningModule):
         params = current_atom_parameters(self.clip)
         if not params:
             raise ValueError("no trainable atom parameters; check model.atoms.targets / model.towers")
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
-                                      weight_decay=self.hparams.weight_decay)
-        total, warmup = self.hparams.steps_per_task, self.hparams.warmup_steps
+        optimizer = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        total, warmup = self.steps_per_task, self.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -61,6 +61,12 @@ class AtomBank(nn.Module):
     eps: float = 1e-6
     """Added to the L2 norm of the responses before dividing (DESIGN.md §1)."""
 
+    frozen_keys: Tensor  # (capacity - rank, d_in) buffer, first num_frozen rows filled
+    frozen_values: Tensor  # (capacity - rank, d_out) buffer
+    num_frozen: Tensor  # () long buffer: filled frozen atoms
+    current_live: Tensor  # () bool buffer: current atoms trained since the last consolidation
+    signature: Tensor  # (8,) long buffer: the settings that fix shapes and routing
+
     def __init__(
         self,
         in_features: int,
@@ -82,12 +88,11 @@ class AtomBank(nn.Module):
         self.signed_scores = config.signed_scores
         self.seed = seed
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        kw = {"device": device, "dtype": dtype}
         frozen_slots = config.capacity - config.rank
-        self.current_keys = nn.Parameter(torch.empty(config.rank, in_features, **kw))
-        self.current_values = nn.Parameter(torch.zeros(config.rank, out_features, **kw))
-        self.register_buffer("frozen_keys", torch.zeros(frozen_slots, in_features, **kw))
-        self.register_buffer("frozen_values", torch.zeros(frozen_slots, out_features, **kw))
+        self.current_keys = nn.Parameter(torch.empty(config.rank, in_features, device=device, dtype=dtype))
+        self.current_values = nn.Parameter(torch.zeros(config.rank, out_features, device=device, dtype=dtype))
+        self.register_buffer("frozen_keys", torch.zeros(frozen_slots, in_features, device=device, dtype=dtype))
+        self.register_buffer("frozen_values", torch.zeros(frozen_slots, out_features, device=device, dtype=dtype))
         self.register_buffer("num_frozen", torch.zeros((), dtype=torch.long, device=device))
         self.register_buffer("current_live", torch.zeros((), dtype=torch.bool, device=device))
         self.register_buffer("signature", self._make_signature(config, in_features, out_features, device))

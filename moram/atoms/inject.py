@@ -21,7 +21,12 @@ from moram.atoms.linear import AtomLinear
 LayerWidths = Callable[[nn.Module], tuple[int, int]]
 """Given a module, return its ``(in_features, out_features)``."""
 
-_REGISTRY: dict[type[nn.Module], LayerWidths] = {nn.Linear: lambda m: (m.in_features, m.out_features)}
+def _linear_widths(module: nn.Module) -> tuple[int, int]:
+    assert isinstance(module, nn.Linear)
+    return module.in_features, module.out_features
+
+
+_REGISTRY: dict[type[nn.Module], LayerWidths] = {nn.Linear: _linear_widths}
 
 # Unwrapping prefixes added by torch.compile, DDP, FSDP1 and activation checkpointing.
 _WRAPPER_PARTS = ("_orig_mod", "module", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
@@ -54,7 +59,7 @@ def _supported_names() -> str:
 
 
 def target_matches(name: str, pattern: str) -> bool:
-    """Whether module ``name`` is selected by ``pattern`` (exact, dotted suffix or ``re:`` regex).
+    r"""Whether module ``name`` is selected by ``pattern`` (exact, dotted suffix or ``re:`` regex).
 
     Example:
         >>> target_matches("layers.0.attn.q_proj", "q_proj"), target_matches("layers.0.attn.q_proj", "proj")
@@ -111,6 +116,31 @@ def _check_same_setting(name: str, layer: AtomLinear, config: AtomConfig) -> Non
         )
 
 
+def _select(model: nn.Module, patterns: list[str]) -> list[tuple[str, nn.Module]]:
+    """Modules matched by any pattern, skipping the insides of routed layers; every pattern must hit."""
+    matched: dict[str, bool] = dict.fromkeys(patterns, False)
+    chosen: list[tuple[str, nn.Module]] = []
+    inside: list[str] = []  # names of routed layers; their submodules are never targets
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(prefix + ".") for prefix in inside):
+            continue
+        if isinstance(module, AtomLinear):
+            inside.append(name)
+        hits = [p for p in patterns if target_matches(name, p)]
+        for p in hits:
+            matched[p] = True
+        if hits:
+            chosen.append((name, module))
+    missing = [p for p, hit in matched.items() if not hit]
+    if missing:
+        examples = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _layer_widths(m)})
+        raise ValueError(
+            f"AtomConfig.targets pattern(s) {missing} matched no module of {type(model).__name__}; "
+            f"adaptable layer names in this model end with: {examples[:30]}"
+        )
+    return chosen
+
+
 def inject_atoms(model: nn.Module, config: AtomConfig, targets: Sequence[str] | None = None) -> list[str]:
     """Wrap every target module of ``model`` in an :class:`AtomLinear` and freeze the backbone.
 
@@ -141,27 +171,7 @@ def inject_atoms(model: nn.Module, config: AtomConfig, targets: Sequence[str] | 
         raise ValueError(
             "no target modules: set AtomConfig.targets (e.g. ['q_proj', 'v_proj']) or pass the backbone's defaults"
         )
-    matched: dict[str, bool] = dict.fromkeys(patterns, False)
-    chosen: list[tuple[str, nn.Module]] = []
-    inside: list[str] = []  # names of routed layers; their submodules are never targets
-    for name, module in model.named_modules():
-        if not name or any(name.startswith(prefix + ".") for prefix in inside):
-            continue
-        if isinstance(module, AtomLinear):
-            inside.append(name)
-        hits = [p for p in patterns if target_matches(name, p)]
-        if not hits:
-            continue
-        for p in hits:
-            matched[p] = True
-        chosen.append((name, module))
-    missing = [p for p, hit in matched.items() if not hit]
-    if missing:
-        examples = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _layer_widths(m)})
-        raise ValueError(
-            f"AtomConfig.targets pattern(s) {missing} matched no module of {type(model).__name__}; "
-            f"adaptable layer names in this model end with: {examples[:30]}"
-        )
+    chosen = _select(model, patterns)
     adapted = []
     for name, module in chosen:
         if isinstance(module, AtomLinear):
