@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from moram.atoms.inject import clean_name
-from moram.protocols import TaskStream, find_atom_layers
+from moram.protocols import find_atom_layers, is_task_stream
 
 
 class TaskBoundaryCallback(Callback):
@@ -54,7 +54,7 @@ class TaskBoundaryCallback(Callback):
                 "inject atoms (moram.inject_atoms) before fitting"
             )
         stream = getattr(trainer, "datamodule", None)
-        if isinstance(stream, TaskStream):
+        if is_task_stream(stream):
             bank = layers[0][1].bank
             max_tasks = bank.capacity // bank.rank
             if stream.num_tasks > max_tasks:
@@ -79,7 +79,7 @@ class TaskBoundaryCallback(Callback):
     def _task_index(self, trainer: Trainer) -> int:
         stream = getattr(trainer, "datamodule", None)
         task = trainer.current_epoch
-        if isinstance(stream, TaskStream):
+        if is_task_stream(stream):
             task = min(task, stream.num_tasks - 1)
         return task
 

@@ -19,7 +19,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
-from moram.protocols import TaskStream
+from moram.protocols import is_task_stream
 
 
 def continual_callbacks(configured: list[Callback]) -> list[Callback]:
@@ -38,7 +38,7 @@ class MoramCLI(LightningCLI):
     """LightningCLI with the continual-run defaults described in the module docstring."""
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        if isinstance(self.datamodule, TaskStream):
+        if is_task_stream(self.datamodule):
             configured = list(config.get("callbacks") or []) + list(callbacks)
             callbacks = list(callbacks) + continual_callbacks(configured)
             if config.get("max_epochs") is None:

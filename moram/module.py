@@ -21,7 +21,7 @@ from moram.atoms.config import AtomConfig
 from moram.atoms.inject import current_atom_parameters, routed_layers
 from moram.atoms.linear import AtomLinear
 from moram.losses import clip_class_loss
-from moram.protocols import TaskStream, score_key
+from moram.protocols import is_task_stream, score_key
 
 Protocol = Literal["task_aware", "task_agnostic"]
 AGNOSTIC_PREFIX = "eval/agnostic/"
@@ -103,7 +103,7 @@ class CLIPContinualModule(LightningModule):
 
         if self.atoms.max_tasks is None:
             stream = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-            if not isinstance(stream, TaskStream):
+            if not is_task_stream(stream):
                 raise ValueError("model.atoms.max_tasks is null and there is no task stream to take it from; set it")
             self.atoms = dataclasses.replace(self.atoms, max_tasks=stream.num_tasks)
         model, tokenizer = build_clip(

@@ -45,6 +45,15 @@ class TaskStream(Protocol):
     def current_task(self) -> int: ...
 
 
+def is_task_stream(obj: object) -> bool:
+    """Whether ``obj`` has the :class:`TaskStream` attributes, checked on its class.
+
+    ``isinstance(obj, TaskStream)`` would evaluate the properties (on Python 3.11), which may load
+    the data; this looks only at the type.
+    """
+    return all(hasattr(type(obj), name) for name in ("num_tasks", "task_names", "current_task"))
+
+
 def find_atom_layers(module: nn.Module) -> list[tuple[str, AtomLinear]]:
     """The routed layers of ``module``: its own list if it is an :class:`AtomHost`, else found by type."""
     if isinstance(module, AtomHost):
