@@ -55,7 +55,7 @@ class CLIPContinualModule(LightningModule):
         weight_decay: AdamW weight decay.
         betas: AdamW betas.
         warmup_steps: linear warmup steps at the start of every task.
-        steps_per_task: length of the per-task cosine schedule (linked from ``data.steps_per_task``).
+        steps_per_task: length of the per-task cosine schedule; None takes the data's ``steps_per_task``.
     """
 
     def __init__(
@@ -71,7 +71,7 @@ class CLIPContinualModule(LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
-        steps_per_task: int = 500,
+        steps_per_task: int | None = None,
         log_every_n_steps: int = 10,
     ) -> None:
         super().__init__()
@@ -106,9 +106,19 @@ class CLIPContinualModule(LightningModule):
             if not is_task_stream(stream):
                 raise ValueError("model.atoms.max_tasks is null and there is no task stream to take it from; set it")
             self.atoms = dataclasses.replace(self.atoms, max_tasks=stream.num_tasks)
-        model, tokenizer = build_clip(
-            model_name=self.model_name, model_config=self.model_config, pretrained=self.pretrained
-        )
+        if self.pretrained == "packaged":
+            from moram.backbones.tiny_clip import load_tiny_clip
+
+            if self.model_config != "moram-tiny-minilm":
+                raise ValueError(
+                    "model.pretrained='packaged' means the weights moram ships for model_config "
+                    f"'moram-tiny-minilm', not {self.model_config!r}; give a tag or a file instead"
+                )
+            model, tokenizer = load_tiny_clip()
+        else:
+            model, tokenizer = build_clip(
+                model_name=self.model_name, model_config=self.model_config, pretrained=self.pretrained
+            )
         self.adapted = prepare_clip(model, self.atoms, towers=self.towers, layers=self.layer_groups)
         self.model, self.tokenizer = model, tokenizer
 
@@ -167,6 +177,10 @@ class CLIPContinualModule(LightningModule):
             raise ValueError("no trainable atom parameters; check model.atoms.targets / model.towers")
         optimizer = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         total, warmup = self.steps_per_task, self.warmup_steps
+        if total is None:
+            total = getattr(getattr(self._trainer, "datamodule", None), "steps_per_task", None)
+            if total is None:
+                raise ValueError("model.steps_per_task is null and the datamodule has no steps_per_task; set it")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
