@@ -34,8 +34,34 @@ def continual_callbacks(configured: list[Callback]) -> list[Callback]:
     return defaults
 
 
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: list(value) if isinstance(value, tuple) else value}
+
+
 class MoramCLI(LightningCLI):
     """LightningCLI with the continual-run defaults described in the module docstring."""
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI silently replaces the model options by the checkpoint's hyperparameters;
+        # a checkpoint trained with other settings (atoms, towers, backbone) is refused instead.
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        before = _flat(self.config[subcommand].model.as_dict())
+        super()._parse_ckpt_path()
+        after = _flat(self.config[subcommand].model.as_dict())
+        diff = {k: (after.get(k), before.get(k)) for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
+        if diff:
+            detail = "; ".join(f"model.{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"the checkpoint {self.config[subcommand].ckpt_path} was trained with other model settings ({detail}); "
+                "use the config it was trained with, or a checkpoint that matches this one"
+            )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if is_task_stream(self.datamodule):

@@ -1,0 +1,134 @@
+"""`moram fit` end to end on a tiny CLIP through the real CLI, in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from moram import routed_layers
+from moram.cli import main
+from moram.metrics import AccuracyMatrix, average, last, transfer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny_clip.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def fit_args(tmp_path, model_config, *extra):
+    return [
+        "fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"),
+        "--model.model_config", str(model_config), "--model.pretrained", "null",
+        "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
+        "--data.source", "moram.data.synthetic.SyntheticTasks",
+        "--data.source.num_tasks", "2", "--data.source.image_size", "16", "--data.source.samples_per_class", "8",
+        "--data.steps_per_task", "3", "--data.batch_size", "4",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        *extra,
+    ]
+
+
+def run_fit(tmp_path, model_config, *extra):
+    cli = main(fit_args(tmp_path, model_config, *extra))
+    log_dir = Path(cli.trainer.log_dir)
+    return cli, json.loads((log_dir / "continual_metrics.json").read_text()), log_dir
+
+
+def test_fit_writes_the_accuracy_matrix_and_grows_atoms(tmp_path, tiny_config):
+    cli, metrics, log_dir = run_fit(tmp_path, tiny_config)
+    names = metrics["task_names"]
+    assert len(names) == 2
+    rows = [metrics["zero_shot"], *metrics["matrix"]]
+    assert len(rows) == 3  # zero-shot + one row per task
+    assert all(0.0 <= v <= 100.0 for row in rows for v in row)
+    # Derived metrics equal the hand-written formulas of DESIGN.md §2 on this matrix.
+    r = metrics["matrix"]
+    assert metrics["last"]["mean"] == pytest.approx((r[1][0] + r[1][1]) / 2)
+    assert metrics["average"]["mean"] == pytest.approx(((r[0][0] + r[1][0]) / 2 + (r[0][1] + r[1][1]) / 2) / 2)
+    assert metrics["transfer"]["per_task"][names[1]] == pytest.approx(r[0][1])  # task 2 seen only after task 1
+    assert metrics["transfer"]["mean"] == pytest.approx(r[0][1])
+    assert metrics["bwt"] == pytest.approx(r[1][0] - r[0][0])
+    matrix = AccuracyMatrix(task_names=names, rows=r, zero_shot=metrics["zero_shot"])
+    assert transfer(matrix)["mean"] == pytest.approx(metrics["transfer"]["mean"])
+    assert average(matrix)["mean"] == pytest.approx(metrics["average"]["mean"])
+    assert last(matrix)["mean"] == pytest.approx(metrics["last"]["mean"])
+    assert (log_dir / "continual_metrics.csv").is_file() and (log_dir / "accuracy_matrix.png").is_file()
+    # One consolidation for two tasks: r atoms frozen in every routed layer, the last task's still current.
+    layers = routed_layers(cli.model.clip)
+    assert len(layers) == 12  # 1 block x (q, k, v, out, c_fc, c_proj) x 2 towers
+    assert all(layer.bank.num_frozen_atoms == 2 for _, layer in layers)
+    assert cli.trainer.max_epochs == 2  # taken from the task stream
+
+
+def test_frozen_atoms_are_bit_identical_after_their_task(tmp_path, tiny_config):
+    from lightning.pytorch import Callback
+
+    class Snap(Callback):
+        ends: list = []
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.ends.append([lay.bank.current_values.detach().clone() for _, lay in routed_layers(pl_module.clip)])
+
+    snap = Snap()
+    args = fit_args(tmp_path, tiny_config, "--data.source.num_tasks", "3")
+    cli = main(args[1:], run=False)  # without a subcommand: build only
+    cli.trainer.callbacks.append(snap)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    layers = routed_layers(cli.model.clip)
+    for task, values in enumerate(snap.ends[:-1]):
+        for v, (_, layer) in zip(values, layers, strict=True):
+            assert torch.equal(layer.bank.frozen_values[2 * task:2 * task + 2], v)
+    assert all(layer.bank.num_frozen_atoms == 4 for _, layer in layers)
+    assert any(v.abs().sum() > 0 for v in snap.ends[0])  # the atoms did train
+
+
+def atoms_of(cli):
+    return [(layer.keys.detach(), layer.values.detach()) for _, layer in routed_layers(cli.model.clip)]
+
+
+def test_resume_mid_task_gives_the_same_matrix_and_atoms(tmp_path, tiny_config):
+    full_cli, full, _ = run_fit(tmp_path / "full", tiny_config)
+    ckpt_dir = tmp_path / "ckpt"
+    interrupted = fit_args(
+        tmp_path / "part", tiny_config, "--trainer.max_steps", "4",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.dirpath", str(ckpt_dir), "--trainer.callbacks.every_n_train_steps", "4",
+        "--trainer.callbacks.save_top_k", "-1",
+    )
+    main(interrupted)  # stops mid task 2 (3 steps per task), with a checkpoint at step 4
+    ckpt = next(ckpt_dir.glob("*.ckpt"))
+    resumed_cli, resumed, _ = run_fit(tmp_path / "resumed", tiny_config, "--ckpt_path", str(ckpt))
+    assert resumed["zero_shot"] == full["zero_shot"]
+    assert resumed["matrix"] == full["matrix"]
+    for (k1, v1), (k2, v2) in zip(atoms_of(full_cli), atoms_of(resumed_cli), strict=True):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)  # bit-identical on CPU
+    assert any(v.abs().sum() > 0 for _, v in atoms_of(full_cli))
+
+
+def test_pretrained_unavailable_offline_names_the_option(tmp_path):
+    with pytest.raises(Exception, match="model.pretrained"):
+        main(["fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"), "--model.model_config", "null",
+              "--model.model_name", "ViT-B-32", "--model.pretrained", str(tmp_path / "missing.safetensors"),
+              "--trainer.default_root_dir", str(tmp_path)])
+
+
+def test_checkpoint_from_other_atom_setting_is_refused(tmp_path, tiny_config):
+    ckpt_dir = tmp_path / "ckpt"
+    main(fit_args(tmp_path / "a", tiny_config, "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                  "--trainer.callbacks.dirpath", str(ckpt_dir)))
+    ckpt = next(ckpt_dir.glob("*.ckpt"))
+    with pytest.raises(ValueError, match=r"model.init_args.atoms.rank: checkpoint 2, config 3"):
+        main(fit_args(tmp_path / "b", tiny_config, "--model.atoms.rank", "3", "--ckpt_path", str(ckpt)))
