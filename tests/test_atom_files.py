@@ -49,7 +49,8 @@ def test_round_trip_into_fresh_model_is_exact(tmp_path):
     model.eval(), fresh.eval()
     assert torch.equal(model(x), fresh(x))
     for (_, a), (_, b) in zip(routed_layers(model), routed_layers(fresh), strict=True):
-        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        assert torch.equal(a.keys, b.keys)
+        assert torch.equal(a.values, b.values)
 
 
 def test_names_are_independent_of_wrapping(tmp_path):

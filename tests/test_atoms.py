@@ -42,11 +42,11 @@ def fill(layer: AtomLinear, gen: torch.Generator, tasks: int) -> None:
     bank = layer.bank
     for _ in range(tasks):
         with torch.no_grad():
-            bank.current_values.copy_(torch.randn(bank.current_values.shape, generator=gen, dtype=bank.current_values.dtype))
-            bank.current_keys.copy_(torch.randn(bank.current_keys.shape, generator=gen, dtype=bank.current_keys.dtype))
+            bank.current_values.normal_(generator=gen)
+            bank.current_keys.normal_(generator=gen)
         layer.consolidate()
     with torch.no_grad():
-        bank.current_values.copy_(torch.randn(bank.current_values.shape, generator=gen, dtype=bank.current_values.dtype))
+        bank.current_values.normal_(generator=gen)
 
 
 CASES = [
@@ -102,7 +102,8 @@ def test_fresh_layer_is_a_no_op_and_untrained_atoms_never_route():
     layer = make_layer(rank=3, top_k=3, max_tasks=3)
     x = torch.randn(4, 12, dtype=torch.float64)
     layer.eval()
-    assert layer.bank.num_routed == 0 and torch.equal(layer(x), layer.base(x))
+    assert layer.bank.num_routed == 0
+    assert torch.equal(layer(x), layer.base(x))
     layer.train()
     assert torch.equal(layer(x), layer.base(x))  # values start at zero
     fill(layer, torch.Generator().manual_seed(3), tasks=1)
@@ -116,7 +117,8 @@ def test_fresh_layer_is_a_no_op_and_untrained_atoms_never_route():
     layer.train()
     layer(x)  # the first training forward brings them in
     layer.eval()
-    assert layer.bank.current_in_use and layer.bank.num_routed == 6
+    assert layer.bank.current_in_use
+    assert layer.bank.num_routed == 6
 
 
 def test_dropout_applies_to_key_input_in_training_only():
@@ -184,7 +186,7 @@ def trained_model(max_tasks=3, rank=2, targets=("0", "2")):
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
     inject_atoms(model, AtomConfig(rank=rank, top_k=2, max_tasks=max_tasks, targets=list(targets)))
     gen = torch.Generator().manual_seed(5)
-    for name, layer in routed_layers(model):
+    for _name, layer in routed_layers(model):
         fill(layer, gen, tasks=1)
     model.train()
     model(torch.randn(2, 6))
@@ -199,7 +201,8 @@ def test_state_dict_round_trip_is_exact():
     for (_, a), (_, b) in zip(routed_layers(model), routed_layers(clone), strict=True):
         assert b.bank.num_frozen_atoms == a.bank.num_frozen_atoms == 2
         assert b.bank.current_in_use == a.bank.current_in_use
-        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        assert torch.equal(a.keys, b.keys)
+        assert torch.equal(a.values, b.values)
     x = torch.randn(5, 6)
     model.eval(), clone.eval()
     assert torch.equal(model(x), clone(x))

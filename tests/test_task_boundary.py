@@ -91,7 +91,9 @@ def test_boundaries_freeze_grow_and_reset():
     assert [s["filled"] for s in probe.starts] == [[0, 0], [2, 2], [4, 4]]
     # Each later task starts with fresh atoms, Adam state zeroed in place and the schedule restarted.
     for start in probe.starts[1:]:
-        assert start["values_zero"] and start["step"] == 0.0 and start["exp_avg_zero"]
+        assert start["values_zero"]
+        assert start["step"] == 0.0
+        assert start["exp_avg_zero"]
         assert start["lr"] == pytest.approx(0.05)
     # Frozen atoms equal, bit for bit, what each task ended with, despite weight decay afterwards.
     for task, snapshot in enumerate(probe.ends[:-1]):
@@ -102,13 +104,15 @@ def test_boundaries_freeze_grow_and_reset():
     # The last task's atoms stay current and trained: they take part in routing at inference.
     layer = routed_layers(module)[0][1]
     layer.eval()
-    assert layer.bank.current_in_use and layer.bank.num_routed == TASKS * RANK
+    assert layer.bank.current_in_use
+    assert layer.bank.num_routed == TASKS * RANK
 
 
 def test_without_resets_optimizer_state_carries_over():
     probe = Probe()
     fit([TaskBoundaryCallback(reset_optimizer_state=False, restart_lr_schedule=False), probe])
-    assert probe.starts[1]["step"] == STEPS and probe.starts[1]["lr"] < 0.05
+    assert probe.starts[1]["step"] == STEPS
+    assert probe.starts[1]["lr"] < 0.05
 
 
 def test_capacity_smaller_than_stream_is_refused():
