@@ -147,6 +147,9 @@ class ContinualMetricsCallback(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.task_names is None:
             return
+        if self.json_path is None and trainer.is_global_zero and (self.rows or self.zero_shot is not None):
+            assert self._dir is not None, "set in setup()"
+            self.json_path = save_all(self._dir, self.matrix, heatmap=self.heatmap)["json"]  # resumed, nothing left
         table = format_table(self.summary())
         rank_zero_info(f"Continual-learning metrics (scores in %):\n{table}\nSaved to {self.json_path}")
         gaps = [i for i in range(max(self.rows, default=-1)) if i not in self.rows]

@@ -213,31 +213,38 @@ class AtomBank(nn.Module):
         if use_current:
             responses.append(F.linear(h, self.current_keys))  # (..., r)
         p = responses[0] if len(responses) == 1 else torch.cat(responses, dim=-1)  # (..., N)
-        coef = self.route(p)  # (..., N): w_i * p_i, zero outside the top-k
-        coef = coef.to(self.current_values.dtype)
-        out = coef[..., :n] @ frozen_values if n else None  # (..., d_out)
-        if use_current:
-            current = coef[..., n:] @ self.current_values  # (..., d_out)
-            out = current if out is None else out + current
-        assert out is not None
-        return out * self.scale
+        coef = self.route(p).to(self.current_values.dtype)  # (..., N): scale * w_i * p_i, zero outside top-k
+        coef = coef.reshape(-1, coef.shape[-1])  # (T, N) token rows
+        # Separate products keep weight gradients to the r current values only.
+        if not use_current:
+            out = coef @ frozen_values  # (T, d_out)
+        elif not n:
+            out = coef @ self.current_values
+        else:
+            out = torch.addmm(coef[:, n:] @ self.current_values, coef[:, :n], frozen_values)
+        return out.reshape(*x.shape[:-1], self.out_features)  # (..., d_out)
 
     def route(self, p: Tensor) -> Tensor:
-        """Routing coefficients ``w ⊙ p`` ``(..., N)`` from raw key responses ``p`` ``(..., N)``.
+        """Routing coefficients ``scale · w ⊙ p`` ``(..., N)`` from raw key responses ``p`` ``(..., N)``.
 
         Statistics are computed in at least float32 (half-precision responses are upcast); the result
-        has ``w_i * p_i`` where atom i is selected, else zero.
+        has ``scale * w_i * p_i`` where atom i is selected, else zero.
         """
         p32 = p.to(torch.promote_types(p.dtype, torch.float32))
         s = p32 / (torch.linalg.vector_norm(p32, dim=-1, keepdim=True) + self.eps)  # (..., N)
         score = s if self.signed_scores else s.abs()
         k = min(max(self.top_k, 2), s.shape[-1])
-        top_score, top_idx = score.topk(k, dim=-1)  # (..., k)
+        gate = not self.training and self.threshold is not None
+        if k == s.shape[-1]:  # every atom selected: no top-k, gather or scatter needed
+            w = torch.softmax(score / self.temperature, dim=-1)  # (..., N)
+            if gate:
+                w = w * (score >= self.threshold)
+            return (w * self.scale) * p32
+        top_score, top_idx = score.topk(k, dim=-1, sorted=False)  # (..., k); order is irrelevant below
         w = torch.softmax(top_score / self.temperature, dim=-1)  # (..., k)
-        if not self.training and self.threshold is not None:
+        if gate:
             w = w * (top_score >= self.threshold)
-        coef = torch.zeros_like(p32).scatter(-1, top_idx, w * p32.gather(-1, top_idx))
-        return coef
+        return torch.zeros_like(p32).scatter(-1, top_idx, (w * self.scale) * p32.gather(-1, top_idx))
 
     # ------------------------------------------------------------------ state
     def _sync_mirrors(self) -> None:

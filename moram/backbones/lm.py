@@ -1,7 +1,8 @@
 r"""Default atom targets for transformers language models, chosen from ``config.model_type``.
 
 Patterns follow :func:`moram.atoms.target_matches` (dotted suffix, or ``re:`` regex on the full
-module name). Each pattern names one role, so injection raises if a role is missing from a model.
+module name). Injection raises when a pattern matches nothing, so a default set that does not fit
+a model fails loudly instead of silently adapting fewer layers.
 
 ::
 
