@@ -1,0 +1,63 @@
+"""Image-folder tasks read from files written in the real layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from moram.data.folder import FolderTasks
+from moram.data.transforms import CLIP_MEAN, CLIP_STD
+
+
+def write_domain(root, domain, classes, per_class):
+    for split, count in (("train", per_class), ("test", 1)):
+        for c, name in enumerate(classes):
+            folder = root / domain / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.full((20, 30, 3), 40 * c + i, dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_reads_layout_labels_classnames_and_templates(tmp_path):
+    write_domain(tmp_path, "pets", ["cat", "golden_retriever"], per_class=3)
+    write_domain(tmp_path, "food", ["pizza"], per_class=2)
+    source = FolderTasks(["pets", "food"], root=str(tmp_path), templates={"food": "a photo of {}, a type of food."},
+                         image_size=16)
+    assert source.num_tasks == 2
+    pets, food = source.build()
+    assert pets.classnames == ["cat", "golden retriever"]
+    assert pets.prompts()[1] == "a photo of a golden retriever."
+    assert food.prompts() == ["a photo of pizza, a type of food."]
+    assert len(pets.train) == 6 and len(pets.test) == 2 and len(food.train) == 2
+    assert pets.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    image, label = pets.train[4]
+    assert image.shape == (3, 16, 16) and label == 1
+    expected = (41 / 255 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)  # a flat image stays flat
+    torch.testing.assert_close(image[:, 8, 8], expected, atol=1e-5, rtol=0)
+
+
+def test_data_root_from_environment(tmp_path, monkeypatch):
+    write_domain(tmp_path, "pets", ["cat"], per_class=1)
+    monkeypatch.setenv("MORAM_DATA", str(tmp_path))
+    assert FolderTasks(["pets"], image_size=8).build()[0].classnames == ["cat"]
+
+
+def test_errors_name_what_to_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("MORAM_DATA", raising=False)
+    with pytest.raises(ValueError, match="data.source.root .* MORAM_DATA"):
+        FolderTasks(["pets"]).build()
+    with pytest.raises(FileNotFoundError, match=r"domain 'pets' not found.*<root>/<domain>/\{train,test\}"):
+        FolderTasks(["pets"], root=str(tmp_path)).build()
+    (tmp_path / "pets" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "pets" / "test").mkdir(parents=True)
+    with pytest.raises(ValueError, match="task 'pets' has no training samples"):
+        FolderTasks(["pets"], root=str(tmp_path)).build()
+    (tmp_path / "pets" / "train" / "cat" / "0.png").write_bytes(b"not a png")
+    (tmp_path / "pets" / "test" / "cat").mkdir()
+    (tmp_path / "pets" / "test" / "cat" / "0.png").write_bytes(b"not a png")
+    task = FolderTasks(["pets"], root=str(tmp_path)).build()[0]
+    with pytest.raises(OSError, match=r"cannot read image '.*0\.png'"):
+        task.train[0]
