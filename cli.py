@@ -1,6 +1,6 @@
 """Run moram from a checkout without installing the console script: ``python cli.py fit --config ...``."""
 
-from moram.cli import main
+from moram.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

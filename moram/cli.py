@@ -55,7 +55,8 @@ class MoramCLI(LightningCLI):
         before = _flat(self.config[subcommand].model.as_dict())
         super()._parse_ckpt_path()
         after = _flat(self.config[subcommand].model.as_dict())
-        diff = {k: (after.get(k), before.get(k)) for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
+        keys = sorted(set(before) | set(after))
+        diff = {k: (after.get(k), before.get(k)) for k in keys if before.get(k) != after.get(k)}
         if diff:
             detail = "; ".join(f"model.{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in diff.items())
             raise ValueError(
@@ -90,5 +91,10 @@ def main(args: list[str] | None = None, run: bool = True) -> MoramCLI:
     )
 
 
-if __name__ == "__main__":  # pragma: no cover
+def entry() -> None:
+    """The ``moram`` console script: run the CLI and exit 0 on success (``main`` returns the CLI object)."""
     main(sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

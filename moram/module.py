@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from torch import Tensor, nn
+from torch import Tensor
 
 from moram.atoms.config import AtomConfig
 from moram.atoms.inject import current_atom_parameters, routed_layers
@@ -102,8 +102,8 @@ class CLIPContinualModule(LightningModule):
         from moram.backbones.clip import build_clip, prepare_clip
 
         if self.atoms.max_tasks is None:
-            stream = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-            if not is_task_stream(stream):
+            stream: Any = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            if stream is None or not is_task_stream(stream):
                 raise ValueError("model.atoms.max_tasks is null and there is no task stream to take it from; set it")
             self.atoms = dataclasses.replace(self.atoms, max_tasks=stream.num_tasks)
         if self.pretrained == "packaged":

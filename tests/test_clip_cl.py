@@ -65,7 +65,8 @@ def test_fit_writes_the_accuracy_matrix_and_grows_atoms(tmp_path, tiny_config):
     assert transfer(matrix)["mean"] == pytest.approx(metrics["transfer"]["mean"])
     assert average(matrix)["mean"] == pytest.approx(metrics["average"]["mean"])
     assert last(matrix)["mean"] == pytest.approx(metrics["last"]["mean"])
-    assert (log_dir / "continual_metrics.csv").is_file() and (log_dir / "accuracy_matrix.png").is_file()
+    assert (log_dir / "continual_metrics.csv").is_file()
+    assert (log_dir / "accuracy_matrix.png").is_file()
     # One consolidation for two tasks: r atoms frozen in every routed layer, the last task's still current.
     layers = routed_layers(cli.model.clip)
     assert len(layers) == 12  # 1 block x (q, k, v, out, c_fc, c_proj) x 2 towers
@@ -114,7 +115,8 @@ def test_resume_mid_task_gives_the_same_matrix_and_atoms(tmp_path, tiny_config):
     assert resumed["zero_shot"] == full["zero_shot"]
     assert resumed["matrix"] == full["matrix"]
     for (k1, v1), (k2, v2) in zip(atoms_of(full_cli), atoms_of(resumed_cli), strict=True):
-        assert torch.equal(k1, k2) and torch.equal(v1, v2)  # bit-identical on CPU
+        assert torch.equal(k1, k2)
+        assert torch.equal(v1, v2)
     assert any(v.abs().sum() > 0 for _, v in atoms_of(full_cli))
 
 

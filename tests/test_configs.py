@@ -23,7 +23,8 @@ def test_config_parses_and_instantiates(path, tmp_path):
     text = path.read_text()
     assert text.startswith("#"), f"{path.name} must start with a comment header (what, command, hardware)"
     cli = main(["--config", str(path), "--trainer.default_root_dir", str(tmp_path)], run=False)
-    assert cli.model is not None and cli.datamodule is not None
+    assert cli.model is not None
+    assert cli.datamodule is not None
 
 
 def test_print_config_shows_every_option(capsys):
@@ -45,4 +46,5 @@ def test_xtail_config_builds_vit_b16_with_random_weights(tmp_path):
     bank = layers[0][1].bank
     assert (bank.rank, bank.top_k, bank.temperature, bank.threshold) == (16, 16, 0.01, 0.2)
     assert bank.capacity == 16 * 10
-    assert cli.datamodule.num_tasks == 10 and module.protocol == "task_agnostic"
+    assert cli.datamodule.num_tasks == 10
+    assert module.protocol == "task_agnostic"

@@ -31,10 +31,13 @@ def test_reads_layout_labels_classnames_and_templates(tmp_path):
     assert pets.classnames == ["cat", "golden retriever"]
     assert pets.prompts()[1] == "a photo of a golden retriever."
     assert food.prompts() == ["a photo of pizza, a type of food."]
-    assert len(pets.train) == 6 and len(pets.test) == 2 and len(food.train) == 2
+    assert len(pets.train) == 6
+    assert len(pets.test) == 2
+    assert len(food.train) == 2
     assert pets.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
     image, label = pets.train[4]
-    assert image.shape == (3, 16, 16) and label == 1
+    assert image.shape == (3, 16, 16)
+    assert label == 1
     expected = (41 / 255 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)  # a flat image stays flat
     torch.testing.assert_close(image[:, 8, 8], expected, atol=1e-5, rtol=0)
 
