@@ -34,7 +34,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from moram.metrics import AccuracyMatrix, format_table, save_all, scalar_metrics, summary
-from moram.protocols import TaskStream, score_key
+from moram.protocols import SCORE_PREFIX, TaskStream
 
 METRIC_PREFIX = "continual/"
 
@@ -60,14 +60,47 @@ class ContinualMetricsCallback(Callback):
         trainer.fit(module, datamodule=dm)
     """
 
-    def __init__(self, output_dir: str | Path | None = None, heatmap: bool = True) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path | None = None,
+        heatmap: bool = True,
+        score_prefix: str = SCORE_PREFIX,
+        name: str = "continual_metrics",
+    ) -> None:
+        """Create the callback.
+
+        Args:
+            output_dir: where the files go; None uses the trainer's log directory.
+            heatmap: also write the heatmap PNG.
+            score_prefix: the module logs task ``t``'s score as ``score_prefix + t`` (default
+                :func:`moram.protocols.score_key`); another prefix tracks another view of the scores.
+            name: stem of the files (``<name>.json``, ``<name>.csv``) and of the logged metrics; the
+                default writes ``continual_metrics.json`` and ``accuracy_matrix.png``.
+        """
         self.output_dir = output_dir
         self.heatmap = heatmap
+        self.score_prefix = score_prefix
+        self.name = name
         self.task_names: list[str] | None = None
         self.zero_shot: list[float] | None = None
         self.rows: dict[int, list[float]] = {}
         self.json_path: Path | None = None
         self._dir: Path | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name)  # several views can track side by side
+
+    def _key(self, task_name: str) -> str:
+        return f"{self.score_prefix}{task_name}"
+
+    def _save(self) -> Path:
+        assert self._dir is not None, "set in setup()"
+        default = self.name == "continual_metrics"
+        paths = save_all(self._dir, self.matrix, heatmap=self.heatmap, stem=self.name,
+                         heatmap_name="accuracy_matrix.png" if default else f"{self.name}_matrix.png")
+        return paths["json"]
 
     # ----------------------------------------------------------------------------------- the matrix
 
@@ -148,8 +181,7 @@ class ContinualMetricsCallback(Callback):
         if self.task_names is None:
             return
         if self.json_path is None and trainer.is_global_zero and (self.rows or self.zero_shot is not None):
-            assert self._dir is not None, "set in setup()"
-            self.json_path = save_all(self._dir, self.matrix, heatmap=self.heatmap)["json"]  # resumed, nothing left
+            self.json_path = self._save()  # resumed with nothing left to run
         table = format_table(self.summary())
         rank_zero_info(f"Continual-learning metrics (scores in %):\n{table}\nSaved to {self.json_path}")
         gaps = [i for i in range(max(self.rows, default=-1)) if i not in self.rows]
@@ -196,28 +228,28 @@ class ContinualMetricsCallback(Callback):
         names = self._require_names()
         if trainer.sanity_checking:
             extra = _sanity_check_metrics(trainer)
-            if extra is None and any(score_key(n) not in metrics for n in names):
+            if extra is None and any(self._key(n) not in metrics for n in names):
                 return None  # Lightning's internals changed (warned): no zero-shot row rather than a crash
             metrics.update(extra or {})
-        missing = [score_key(n) for n in names if score_key(n) not in metrics]
+        missing = [self._key(n) for n in names if self._key(n) not in metrics]
         if missing:
             raise KeyError(
                 f"ContinualMetricsCallback: no validation score logged under {missing}. In validation, log each "
                 "task's score (0-100) with self.log(moram.protocols.score_key(task_name), score, "
                 "add_dataloader_idx=False); see moram.protocols."
             )
-        return {n: float(metrics[score_key(n)]) for n in names}
+        return {n: float(metrics[self._key(n)]) for n in names}
 
     def _publish(self, trainer: pl.Trainer) -> None:
         if not trainer.is_global_zero:
             return
         matrix = self.matrix
         if not trainer.sanity_checking:
-            scalars = {METRIC_PREFIX + k: v for k, v in scalar_metrics(summary(matrix)).items()}
+            prefix = METRIC_PREFIX if self.name == "continual_metrics" else f"{self.name}/"
+            scalars = {prefix + k: v for k, v in scalar_metrics(summary(matrix)).items()}
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.global_step)
-        assert self._dir is not None, "set in setup()"
-        self.json_path = save_all(self._dir, matrix, heatmap=self.heatmap)["json"]
+        self.json_path = self._save()
 
 
 def _task_stream(trainer: pl.Trainer) -> TaskStream:

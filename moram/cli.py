@@ -22,15 +22,24 @@ from lightning.pytorch.cli import LightningCLI
 from moram.protocols import is_task_stream
 
 
-def continual_callbacks(configured: list[Callback]) -> list[Callback]:
-    """The callbacks a continual run needs, minus those the user already configured."""
+def continual_callbacks(configured: list[Callback], model: object = None) -> list[Callback]:
+    """The callbacks a continual run needs, minus those the user already configured.
+
+    A model may declare other views of its scores as ``score_views`` (view name -> logged metric
+    prefix, e.g. the task-agnostic view of a task-aware run); each gets its own metrics callback.
+    """
     from moram.callbacks.continual_metrics import ContinualMetricsCallback
     from moram.callbacks.task_boundary import TaskBoundaryCallback
 
     defaults: list[Callback] = []
-    for callback_type in (TaskBoundaryCallback, ContinualMetricsCallback):
-        if not any(isinstance(c, callback_type) for c in configured):
-            defaults.append(callback_type())
+    if not any(isinstance(c, TaskBoundaryCallback) for c in configured):
+        defaults.append(TaskBoundaryCallback())
+    metric_names = {c.name for c in configured if isinstance(c, ContinualMetricsCallback)}
+    if "continual_metrics" not in metric_names:
+        defaults.append(ContinualMetricsCallback())
+    for view, prefix in dict(getattr(model, "score_views", {})).items():
+        if f"continual_metrics_{view}" not in metric_names:
+            defaults.append(ContinualMetricsCallback(score_prefix=prefix, name=f"continual_metrics_{view}"))
     return defaults
 
 
@@ -67,7 +76,7 @@ class MoramCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if is_task_stream(self.datamodule):
             configured = list(config.get("callbacks") or []) + list(callbacks)
-            callbacks = list(callbacks) + continual_callbacks(configured)
+            callbacks = list(callbacks) + continual_callbacks(configured, self.model)
             if config.get("max_epochs") is None:
                 config = {**config, "max_epochs": self.datamodule.num_tasks}
             elif config["max_epochs"] != self.datamodule.num_tasks:

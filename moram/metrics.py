@@ -256,12 +256,18 @@ def write_heatmap(path: str | Path, m: AccuracyMatrix) -> Path:
         plt.close(fig)
 
 
-def save_all(directory: str | Path, m: AccuracyMatrix, heatmap: bool = True) -> dict[str, Path]:
-    """Write ``continual_metrics.json``, ``continual_metrics.csv`` and (optionally) ``accuracy_matrix.png``."""
+def save_all(
+    directory: str | Path,
+    m: AccuracyMatrix,
+    heatmap: bool = True,
+    stem: str = "continual_metrics",
+    heatmap_name: str = HEATMAP_NAME,
+) -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>.csv`` and (optionally) the heatmap (default ``accuracy_matrix.png``)."""
     directory = Path(directory)
-    paths = {"json": write_json(directory / JSON_NAME, summary(m)), "csv": write_csv(directory / CSV_NAME, m)}
+    paths = {"json": write_json(directory / f"{stem}.json", summary(m)), "csv": write_csv(directory / f"{stem}.csv", m)}
     if heatmap:
-        paths["heatmap"] = write_heatmap(directory / HEATMAP_NAME, m)
+        paths["heatmap"] = write_heatmap(directory / heatmap_name, m)
     return paths
 
 

@@ -133,6 +133,11 @@ class CLIPContinualModule(LightningModule):
             self.configure_model()
         return self.model
 
+    @property
+    def score_views(self) -> dict[str, str]:
+        """The other protocol's scores, logged beside the primary ones (view name -> metric prefix)."""
+        return {"task_agnostic": AGNOSTIC_PREFIX} if self.protocol == "task_aware" else {"task_aware": AWARE_PREFIX}
+
     # ------------------------------------------------------------------ task bookkeeping
     @property
     def stream(self) -> Any:

@@ -134,3 +134,14 @@ def test_checkpoint_from_other_atom_setting_is_refused(tmp_path, tiny_config):
     ckpt = next(ckpt_dir.glob("*.ckpt"))
     with pytest.raises(ValueError, match=r"model.init_args.atoms.rank: checkpoint 2, config 3"):
         main(fit_args(tmp_path / "b", tiny_config, "--model.atoms.rank", "3", "--ckpt_path", str(ckpt)))
+
+
+def test_both_protocol_views_are_tracked(tmp_path, tiny_config):
+    _, aware, log_dir = run_fit(tmp_path, tiny_config, "--data.source.classes_per_task", "3")
+    agnostic = json.loads((log_dir / "continual_metrics_task_agnostic.json").read_text())
+    assert agnostic["task_names"] == aware["task_names"]
+    assert (log_dir / "continual_metrics_task_agnostic_matrix.png").is_file()
+    # Among the union of all 6 classes a test image is never easier than among its task's 3.
+    for row_aware, row_agnostic in zip([aware["zero_shot"], *aware["matrix"]],
+                                       [agnostic["zero_shot"], *agnostic["matrix"]], strict=True):
+        assert all(b <= a for a, b in zip(row_aware, row_agnostic, strict=True))
