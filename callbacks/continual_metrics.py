@@ -37,6 +37,7 @@ from moram.metrics import AccuracyMatrix, format_table, save_all, scalar_metrics
 from moram.protocols import SCORE_PREFIX, TaskStream
 
 METRIC_PREFIX = "continual/"
+_FILL_ROW_ATTR = "_moram_fill_row"  # set on the trainer while a skipped row is being evaluated
 
 
 class ContinualMetricsCallback(Callback):
@@ -151,6 +152,30 @@ class ContinualMetricsCallback(Callback):
                 "ContinualMetricsCallback: no zero-shot row (FWT will be empty); run a full validation before "
                 "training with Trainer(num_sanity_val_steps=-1) to get one."
             )
+        self._fill_row_skipped_by_resume(trainer)
+
+    def _fill_row_skipped_by_resume(self, trainer: pl.Trainer) -> None:
+        """Evaluate now if the run resumed from a checkpoint written on a task's last batch.
+
+        Lightning then counts that epoch's validation as done and skips it, so the finished task's
+        row would be missing. The model is still exactly as it was at the end of that task (atoms
+        are consolidated when the next task starts), so evaluating here records the values an
+        uninterrupted run records. Every metrics callback records the pass into that row.
+        """
+        task = _task_stream(trainer).current_task
+        finished = task - 1
+        if not trainer.fit_loop.restarting or finished < 0 or finished in self.rows:
+            return
+        if trainer.limit_val_batches == 0 or not trainer.fit_loop.epoch_loop._should_check_val_epoch():
+            return
+        rank_zero_info(f"ContinualMetricsCallback: resumed after task {finished} ended; evaluating to fill its row")
+        setattr(trainer, _FILL_ROW_ATTR, finished)
+        try:
+            trainer.validating = True
+            trainer.fit_loop.epoch_loop.val_loop.run()
+        finally:
+            trainer.training = True
+            delattr(trainer, _FILL_ROW_ATTR)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -168,7 +193,9 @@ class ContinualMetricsCallback(Callback):
                 return
             row = None
         elif trainer.state.fn == TrainerFn.FITTING:
-            row = stream.current_task  # validated twice during a task: the last pass wins
+            # the task being trained (validated twice during a task: the last pass wins), or the
+            # finished task whose skipped validation a resumed run is filling in
+            row = getattr(trainer, _FILL_ROW_ATTR, stream.current_task)
         else:
             rank_zero_info("ContinualMetricsCallback (not recorded outside fit): " + _format_scores(scores))
             return

@@ -13,7 +13,6 @@ A continual run always gets a :class:`~moram.callbacks.task_boundary.TaskBoundar
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
@@ -102,7 +101,7 @@ def main(args: list[str] | None = None, run: bool = True) -> MoramCLI:
 
 def entry() -> None:
     """The ``moram`` console script: run the CLI and exit 0 on success (``main`` returns the CLI object)."""
-    main(sys.argv[1:])
+    main()  # LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -100,16 +100,19 @@ def atoms_of(cli):
     return [(layer.keys.detach(), layer.values.detach()) for _, layer in routed_layers(cli.model.clip)]
 
 
-def test_resume_mid_task_gives_the_same_matrix_and_atoms(tmp_path, tiny_config):
+@pytest.mark.parametrize("stop", [4, 3], ids=["mid-task", "last-batch-of-task"])
+def test_resume_gives_the_same_matrix_and_atoms(tmp_path, tiny_config, stop):
+    # Step 4 is inside task 2 (3 steps per task). Step 3 is task 1's last batch: Lightning then skips
+    # that task's validation on resume, and the metrics callback must evaluate to fill the row.
     full_cli, full, _ = run_fit(tmp_path / "full", tiny_config)
     ckpt_dir = tmp_path / "ckpt"
     interrupted = fit_args(
-        tmp_path / "part", tiny_config, "--trainer.max_steps", "4",
+        tmp_path / "part", tiny_config, "--trainer.max_steps", str(stop),
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-        "--trainer.callbacks.dirpath", str(ckpt_dir), "--trainer.callbacks.every_n_train_steps", "4",
+        "--trainer.callbacks.dirpath", str(ckpt_dir), "--trainer.callbacks.every_n_train_steps", str(stop),
         "--trainer.callbacks.save_top_k", "-1",
     )
-    main(interrupted)  # stops mid task 2 (3 steps per task), with a checkpoint at step 4
+    main(interrupted)
     ckpt = next(ckpt_dir.glob("*.ckpt"))
     resumed_cli, resumed, _ = run_fit(tmp_path / "resumed", tiny_config, "--ckpt_path", str(ckpt))
     assert resumed["zero_shot"] == full["zero_shot"]
