@@ -148,3 +148,31 @@ def test_both_protocol_views_are_tracked(tmp_path, tiny_config):
     for row_aware, row_agnostic in zip([aware["zero_shot"], *aware["matrix"]],
                                        [agnostic["zero_shot"], *agnostic["matrix"]], strict=True):
         assert all(b <= a for a, b in zip(row_aware, row_agnostic, strict=True))
+
+
+def test_test_subcommand_scores_equal_the_last_row(tmp_path, tiny_config):
+    ckpt_dir = tmp_path / "ckpt"
+    _, fitted, _ = run_fit(tmp_path / "fit", tiny_config,
+                           "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                           "--trainer.callbacks.dirpath", str(ckpt_dir))
+    ckpt = next(ckpt_dir.glob("*.ckpt"))
+    args = fit_args(tmp_path / "test", tiny_config, "--ckpt_path", str(ckpt))
+    cli = main(["test", *args[1:]])
+    metrics = cli.trainer.callback_metrics
+    # moram test scores the final model on every task's test set: the same as the last row of fit.
+    for name, score in zip(fitted["task_names"], fitted["matrix"][-1], strict=True):
+        assert float(metrics[f"test/score/{name}"]) == pytest.approx(score)
+
+
+def test_non_finite_loss_is_a_clear_error(tmp_path, tiny_config):
+    from lightning.pytorch import Callback
+
+    class Poison(Callback):
+        def on_train_start(self, trainer, pl_module):
+            with torch.no_grad():
+                routed_layers(pl_module.clip)[0][1].bank.current_keys.fill_(float("nan"))
+
+    cli = main(fit_args(tmp_path, tiny_config)[1:], run=False)
+    cli.trainer.callbacks.append(Poison())
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .* lower model.lr"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)

@@ -157,6 +157,10 @@ class TaskStreamDataModule(LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders()
 
+    def predict_dataloader(self) -> list[DataLoader]:
+        """Every task's test set, in task order (``moram predict``)."""
+        return self._eval_loaders()
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "task_names": self.task_names,
