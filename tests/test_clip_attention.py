@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,13 +24,7 @@ from open_clip.transformer import Attention  # noqa: E402
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models: extra threads cost more than they save, most of all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 VISION = {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32}
 TEXT = {"context_length": 16, "vocab_size": 1000, "width": 64, "heads": 2, "layers": 2}
 
