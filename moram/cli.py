@@ -85,6 +85,16 @@ class MoramCLI(LightningCLI):
                 )
         return super()._instantiate_trainer(config, callbacks)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        # Results are written by then (callbacks save on rank 0 during fit); end every rank together
+        # so a multi-process gloo run does not abort at interpreter exit (moram.distributed).
+        from moram.distributed import finish_distributed
+
+        try:
+            super()._run_subcommand(subcommand)
+        finally:
+            finish_distributed()
+
 
 def main(args: list[str] | None = None, run: bool = True) -> MoramCLI:
     """Entry point of the ``moram`` console script (``args`` defaults to ``sys.argv[1:]``)."""

@@ -20,6 +20,7 @@ from torch import Tensor
 from moram.atoms.config import AtomConfig
 from moram.atoms.inject import current_atom_parameters, routed_layers
 from moram.atoms.linear import AtomLinear
+from moram.distributed import gather_batch
 from moram.losses import clip_class_loss
 from moram.protocols import is_task_stream, score_key
 
@@ -72,7 +73,6 @@ class CLIPContinualModule(LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
         steps_per_task: int | None = None,
-        log_every_n_steps: int = 10,
     ) -> None:
         super().__init__()
         if (model_config is None) == (model_name is None):
@@ -96,9 +96,19 @@ class CLIPContinualModule(LightningModule):
 
     # ------------------------------------------------------------------ construction
     def configure_model(self) -> None:
-        """Build the backbone, load weights, convert attention and inject atoms (once)."""
-        if self.model is not None:
-            return
+        """Build the backbone, load weights, convert attention and inject atoms; shard under FSDP2.
+
+        Idempotent: the model is built once, and sharded once when the strategy provides a device
+        mesh (Lightning's ``ModelParallelStrategy``; see :func:`moram.distributed.shard_atom_model`).
+        """
+        if self.model is None:
+            self._build_model()
+        if self.device_mesh is not None:
+            from moram.distributed import shard_atom_model
+
+            shard_atom_model(self.model, self.device_mesh)
+
+    def _build_model(self) -> None:
         from moram.backbones.clip import build_clip, prepare_clip
 
         if self.atoms.max_tasks is None:
@@ -166,7 +176,10 @@ class CLIPContinualModule(LightningModule):
         images, labels = batch
         task = min(self.current_epoch, self.stream.num_tasks - 1)
         text = self._encode_text(self._task_prompts(task))  # (C, D), with grad: the text tower has atoms
-        image = self._encode_image(images)  # (B, D)
+        image = self._encode_image(images)  # (b, D): this rank's share of the global batch
+        # the text->image term couples the images of a batch: compute it on the global batch, so that
+        # N processes train exactly like one (moram.distributed.gather_batch)
+        image, labels = gather_batch(image, labels)  # (B, D), (B,)
         loss = clip_class_loss(image, text, labels, self.clip.logit_scale.exp())
         if not torch.isfinite(loss):
             raise FloatingPointError(

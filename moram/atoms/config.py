@@ -13,6 +13,23 @@ class AtomConfig:
 
     The defaults are the paper's CLIP (X-TAIL) settings; :meth:`llm` gives its LLM (TRACE) settings.
 
+    Args:
+        rank: Atoms appended to every adapted layer per task (the paper's r).
+        top_k: Atoms each token routes to per layer; the bank uses k = min(max(top_k, 2), N).
+        temperature: Softmax temperature tau applied to the normalised scores of the selected atoms.
+        threshold: Inference-only gate delta: a selected atom whose normalised score is below it is dropped,
+            without renormalising the others. None switches the gate off.
+        scale: Multiplier of the bank's output, identical in training and inference.
+        dropout: Dropout probability on the layer input before the keys (training only).
+        max_tasks: Number of tasks the banks hold; the capacity max_tasks x rank is allocated once. None:
+            taken from the task stream's number of tasks (moram's LightningModules fill it); injecting needs a
+            number.
+        targets: Module names to adapt: an exact name, a dotted suffix ("q_proj" matches
+            "layers.0.attn.q_proj") or a regular expression prefixed with "re:" (matched against the full name).
+            None uses the backbone's default target set.
+        seed: Seed of the atom initialisation; each layer and task draws from its own generator.
+        signed_scores: Select the top-k atoms by signed score (the paper); False selects by absolute score.
+
     Example:
         >>> AtomConfig(rank=4, max_tasks=3).capacity
         12
@@ -21,29 +38,15 @@ class AtomConfig:
     """
 
     rank: int = 16
-    """Atoms appended to every adapted layer per task (the paper's r)."""
     top_k: int = 16
-    """Atoms each token routes to per layer; the bank uses k = min(max(top_k, 2), N)."""
     temperature: float = 0.01
-    """Softmax temperature tau applied to the normalised scores of the selected atoms."""
     threshold: float | None = 0.2
-    """Inference-only gate delta: a selected atom whose normalised score is below it is dropped,
-    without renormalising the others. None switches the gate off."""
     scale: float = 1.0
-    """Multiplier of the bank's output, identical in training and inference."""
     dropout: float = 0.0
-    """Dropout probability on the layer input before the keys (training only)."""
     max_tasks: int | None = None
-    """Number of tasks the banks hold; the capacity max_tasks x rank is allocated once. None: taken
-    from the task stream's number of tasks (moram's LightningModules fill it); injecting needs a number."""
     targets: list[str] | None = None
-    """Module names to adapt: an exact name, a dotted suffix ("q_proj" matches "layers.0.attn.q_proj")
-    or a regular expression prefixed with "re:" (matched against the full name).
-    None uses the backbone's default target set."""
     seed: int = 0
-    """Seed of the atom initialisation; each layer and task draws from its own generator."""
     signed_scores: bool = True
-    """Select the top-k atoms by signed score (the paper); False selects by absolute score."""
 
     def __post_init__(self) -> None:
         self.validate()

@@ -64,7 +64,7 @@ def target_matches(name: str, pattern: str) -> bool:
     Example:
         >>> target_matches("layers.0.attn.q_proj", "q_proj"), target_matches("layers.0.attn.q_proj", "proj")
         (True, False)
-        >>> target_matches("visual.blocks.3.mlp.c_fc", r"re:visual\\..*\\.c_fc")
+        >>> target_matches("visual.blocks.3.mlp.c_fc", "re:visual[.].*[.]c_fc")
         True
     """
     if pattern.startswith("re:"):

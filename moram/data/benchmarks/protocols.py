@@ -1,0 +1,195 @@
+"""The CLIP continual-learning protocols as task sources (DESIGN.md §2).
+
+- :class:`XTailTasks`: X-TAIL, ten domains scored task-agnostically (``model.protocol: task_agnostic``,
+  each test image against the union of every domain's class names); few-shot training comes from
+  :class:`~moram.data.stream.TaskStreamDataModule` (``data.shots: 16``).
+- :class:`MTILTasks`: MTIL, eleven datasets in order I or II, scored task-aware.
+- :class:`CIFAR100CILTasks`: class-incremental CIFAR-100 in 10, 20 or 50 steps over a seeded class order.
+
+Each takes one data ``root`` (None: the ``MORAM_DATA`` environment variable); see
+:mod:`moram.data.benchmarks.registry` for the layout under it. ``num_tasks`` reads no data.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+from moram.data.benchmarks import official
+from moram.data.benchmarks._common import DatasetCorruptError
+from moram.data.benchmarks.classnames import CIFAR100, TEMPLATES
+from moram.data.benchmarks.registry import BENCHMARKS, SplitChoice, get_benchmark
+from moram.data.folder import resolve_root
+from moram.data.tasks import Task
+from moram.data.transforms import ClipImageTransform, ImageTensorDataset
+
+XTAIL_ORDER: list[str] = [
+    "fgvc_aircraft", "caltech101", "dtd", "eurosat", "flowers102",
+    "food101", "mnist", "oxford_pets", "stanford_cars", "sun397",
+]
+MTIL_ORDERS: dict[str, list[str]] = {
+    "I": ["fgvc_aircraft", "caltech101", "cifar100", "dtd", "eurosat", "flowers102", "food101", "mnist",
+          "oxford_pets", "stanford_cars", "sun397"],
+    "II": ["stanford_cars", "food101", "mnist", "oxford_pets", "flowers102", "sun397", "fgvc_aircraft",
+           "caltech101", "dtd", "eurosat", "cifar100"],
+}
+
+
+class BenchmarkTasks:
+    """One task per benchmark dataset, in the given order.
+
+    Args:
+        datasets: Dataset names in task order (keys of :data:`moram.data.benchmarks.registry.BENCHMARKS`).
+        root: The data root; None reads the ``MORAM_DATA`` environment variable.
+        image_size: Side of the square CLIP input.
+        split: ``official`` splits where a dataset has one, or CoOp's ``split_zhou_*.json`` splits;
+            Caltech101, EuroSAT and SUN397 always use CoOp's (they have no official split).
+    """
+
+    option = "data.source.datasets"
+
+    def __init__(
+        self,
+        datasets: list[str],
+        root: str | None = None,
+        image_size: int = 224,
+        split: SplitChoice = "official",
+    ) -> None:
+        unknown = [d for d in datasets if d not in BENCHMARKS]
+        if not datasets or unknown:
+            raise ValueError(f"{self.option} must list datasets from {sorted(BENCHMARKS)}; got unknown {unknown}")
+        if len(set(datasets)) != len(datasets):
+            raise ValueError(f"{self.option} lists a dataset twice: {datasets}")
+        if image_size < 1:
+            raise ValueError(f"data.source.image_size must be positive, got {image_size}")
+        if split not in ("official", "coop"):
+            raise ValueError(f"data.source.split must be 'official' or 'coop', got {split!r}")
+        self.datasets, self.root, self.image_size, self.split = list(datasets), root, image_size, split
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.datasets)
+
+    def build(self) -> list[Task]:
+        root = resolve_root(self.root)
+        return [get_benchmark(d).load(root, self.image_size, self.split) for d in self.datasets]
+
+
+class XTailTasks(BenchmarkTasks):
+    """X-TAIL: Aircraft, Caltech101, DTD, EuroSAT, Flowers, Food101, MNIST, OxfordPet, StanfordCars, SUN397.
+
+    Args:
+        root: The data root; None reads the ``MORAM_DATA`` environment variable.
+        image_size: Side of the square CLIP input.
+        split: ``coop`` (default: CoOp's few-shot splits, as CLIP few-shot work prepares these domains) or
+            ``official``.
+        datasets: A sub-sequence of the ten domains (default: all ten, in the protocol's order).
+
+    Example:
+        >>> XTailTasks(root="/data").num_tasks
+        10
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        image_size: int = 224,
+        split: SplitChoice = "coop",
+        datasets: list[str] | None = None,
+    ) -> None:
+        super().__init__(list(XTAIL_ORDER if datasets is None else datasets), root, image_size, split)
+
+
+class MTILTasks(BenchmarkTasks):
+    """MTIL: eleven datasets in order ``I`` or ``II`` (ZSCL's Multi-domain Task-Incremental Learning).
+
+    Args:
+        order: ``I`` (Aircraft, Caltech101, CIFAR100, DTD, EuroSAT, Flowers, Food, MNIST, OxfordPet, Cars,
+            SUN397) or ``II`` (Cars, Food, MNIST, OxfordPet, Flowers, SUN397, Aircraft, Caltech101, DTD,
+            EuroSAT, CIFAR100).
+        root: The data root; None reads the ``MORAM_DATA`` environment variable.
+        image_size: Side of the square CLIP input.
+        split: ``official`` (default) or ``coop`` (see :class:`BenchmarkTasks`).
+        datasets: Override the order's list (e.g. a shorter run); default: the order's eleven datasets.
+
+    Example:
+        >>> MTILTasks(order="II", root="/data").datasets[:3]
+        ['stanford_cars', 'food101', 'mnist']
+    """
+
+    def __init__(
+        self,
+        order: Literal["I", "II"] = "I",
+        root: str | None = None,
+        image_size: int = 224,
+        split: SplitChoice = "official",
+        datasets: list[str] | None = None,
+    ) -> None:
+        if order not in MTIL_ORDERS:
+            raise ValueError(f"data.source.order must be one of {sorted(MTIL_ORDERS)}, got {order!r}")
+        self.order = order
+        super().__init__(list(MTIL_ORDERS[order] if datasets is None else datasets), root, image_size, split)
+
+
+class CIFAR100CILTasks:
+    """Class-incremental CIFAR-100: ``100 / steps`` classes per task over a seeded class order.
+
+    The class order is ``numpy.random.RandomState(class_order_seed).permutation(100)``; 1993 gives the
+    order of iCaRL / PyCIL. Labels are task-local (``classnames`` of each task), and the union of all
+    tasks' class names is CIFAR-100's 100 classes (score with ``model.protocol: task_agnostic``).
+
+    Args:
+        steps: Number of tasks; a divisor of 100 (10, 20 and 50 are the usual ones).
+        class_order_seed: Seed of the class order.
+        root: The data root holding ``cifar-100-python/``; None reads ``MORAM_DATA``.
+        image_size: Side of the square CLIP input (32x32 images are upsampled bilinearly).
+
+    Example:
+        >>> CIFAR100CILTasks(steps=20, root="/data").num_tasks
+        20
+    """
+
+    def __init__(
+        self,
+        steps: int = 10,
+        class_order_seed: int = 1993,
+        root: str | None = None,
+        image_size: int = 224,
+    ) -> None:
+        if steps < 1 or 100 % steps:
+            raise ValueError(f"data.source.steps must divide CIFAR-100's 100 classes (e.g. 10, 20, 50), got {steps}")
+        if image_size < 1:
+            raise ValueError(f"data.source.image_size must be positive, got {image_size}")
+        self.steps, self.class_order_seed, self.root, self.image_size = steps, class_order_seed, root, image_size
+
+    @property
+    def num_tasks(self) -> int:
+        return self.steps
+
+    @property
+    def class_order(self) -> list[int]:
+        return [int(c) for c in np.random.RandomState(self.class_order_seed).permutation(100)]
+
+    def build(self) -> list[Task]:
+        base, how = BENCHMARKS["cifar100"].locate(resolve_root(self.root))
+        names = official.cifar100_names(base, how)
+        if len(names) != len(CIFAR100):
+            raise DatasetCorruptError(f"CIFAR-100: '{base / 'meta'}' has {len(names)} fine label names, not 100")
+        arrays = [official.cifar100_arrays(base, split, how) for split in ("train", "test")]
+        transform = ClipImageTransform(self.image_size)
+        order, per_task = self.class_order, 100 // self.steps
+        tasks = []
+        for t in range(self.steps):
+            classes = order[t * per_task : (t + 1) * per_task]
+            local = np.full(100, -1, dtype=np.int64)
+            local[classes] = np.arange(per_task)
+            sets = []
+            for images, labels in arrays:
+                keep = np.isin(labels, classes)
+                sets.append(ImageTensorDataset(torch.from_numpy(images[keep]), torch.from_numpy(local[labels[keep]]),
+                                               transform=transform))
+            task = Task(f"cifar100 step {t + 1}", [CIFAR100[c] for c in classes], TEMPLATES["cifar100"], *sets)
+            tasks.append(task.check())
+        return tasks
