@@ -13,6 +13,7 @@ A continual run always gets a :class:`~moram.callbacks.task_boundary.TaskBoundar
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
@@ -110,8 +111,12 @@ def main(args: list[str] | None = None, run: bool = True) -> MoramCLI:
 
 
 def entry() -> None:
-    """The ``moram`` console script: run the CLI and exit 0 on success (``main`` returns the CLI object)."""
-    main()  # LightningCLI reads sys.argv itself
+    """The ``moram`` console script: ``moram data ...`` for datasets, else the Lightning subcommands."""
+    if sys.argv[1:2] == ["data"]:
+        from moram.data.benchmarks.prepare import main as data_main
+
+        sys.exit(data_main(sys.argv[2:]))
+    main()  # LightningCLI reads sys.argv itself; returning None exits 0
 
 
 if __name__ == "__main__":  # pragma: no cover

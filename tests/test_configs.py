@@ -10,7 +10,9 @@ import pytest
 from moram import routed_layers
 from moram.cli import main
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+FRAGMENTS = sorted((CONFIG_DIR / "strategy").glob("*.yaml"))
 
 
 def test_configs_exist():
@@ -25,6 +27,14 @@ def test_config_parses_and_instantiates(path, tmp_path):
     cli = main(["--config", str(path), "--trainer.default_root_dir", str(tmp_path)], run=False)
     assert cli.model is not None
     assert cli.datamodule is not None
+
+
+@pytest.mark.parametrize("path", FRAGMENTS, ids=lambda p: p.name)
+def test_strategy_fragment_parses_after_a_run_config(path, capsys):
+    assert path.read_text().startswith("#")
+    with pytest.raises(SystemExit):  # --print_config parses everything, then exits
+        main(["fit", "--config", str(CONFIG_DIR / "clip_cl.yaml"), "--config", str(path), "--print_config"])
+    assert "strategy:" in capsys.readouterr().out
 
 
 def test_print_config_shows_every_option(capsys):
