@@ -88,13 +88,12 @@ class MoramCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         # Results are written by then (callbacks save on rank 0 during fit); end every rank together
-        # so a multi-process gloo run does not abort at interpreter exit (moram.distributed).
+        # so a multi-process gloo run does not abort at interpreter exit (moram.distributed). Only
+        # after success: a rank that failed must not wait in a barrier its peers may never reach.
         from moram.distributed import finish_distributed
 
-        try:
-            super()._run_subcommand(subcommand)
-        finally:
-            finish_distributed()
+        super()._run_subcommand(subcommand)
+        finish_distributed()
 
 
 def main(args: list[str] | None = None, run: bool = True) -> MoramCLI:

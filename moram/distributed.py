@@ -9,13 +9,14 @@ Data parallelism (DDP, FSDP2) in moram rests on three facts (DESIGN.md §3-4):
 * a loss that couples the samples of a batch (CLIP's text→image term) is computed on the gathered
   global batch (:func:`gather_batch`), so 1 and N processes compute the same gradient.
 
-Sharding (:func:`shard_atom_model`): each block of a ``nn.ModuleList`` that holds routed layers (a
+Sharding (:func:`shard_atom_model`): each block of a ``nn.ModuleList`` that holds trainable atoms (a
 transformer block) becomes one ``fully_shard`` unit, with its frozen weights and its current atoms;
-a routed layer outside such blocks becomes a unit of its own. The rest (embeddings, final norms,
-projections, ``logit_scale``) stays an ordinary replicated tensor: it is frozen, identical on every
-rank, and stays readable outside ``forward`` (open_clip's ``encode_image`` / ``encode_text`` and
-``logit_scale`` are used without calling the root module). Frozen atoms are buffers, which
-``fully_shard`` never shards: every rank keeps the whole bank, which routing reads in every forward.
+a module outside such blocks that owns trainable Parameters (an atom bank) becomes a unit of its
+own. The rest (embeddings, final norms, projections, ``logit_scale``) stays an ordinary replicated
+tensor: it is frozen, identical on every rank, and stays readable outside ``forward`` (open_clip's
+``encode_image`` / ``encode_text`` and ``logit_scale`` are used without calling the root module).
+Frozen atoms are buffers, which ``fully_shard`` never shards: every rank keeps the whole bank,
+which routing reads in every forward.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
 from typing_extensions import override
-
-from moram.atoms.linear import AtomLinear
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -77,11 +76,17 @@ def data_parallel_mesh(mesh: Any) -> Any:
     return mesh["data_parallel"] if "data_parallel" in names else mesh
 
 
+def _trains(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
 def shard_units(model: nn.Module) -> list[nn.Module]:
     """The modules :func:`shard_atom_model` shards, outermost first.
 
-    Every member of a ``nn.ModuleList`` that contains a routed layer (a transformer block), plus
-    each routed layer outside such members.
+    Every member of a ``nn.ModuleList`` that holds a trainable Parameter (a transformer block with
+    atoms, or with a baseline's adapters), plus each module outside those that owns a trainable
+    Parameter itself (e.g. the atom bank of a routed layer outside the blocks). Trainable
+    Parameters must all be sharded: FSDP2 synchronises nothing else.
     """
     units: list[nn.Module] = []
     covered: set[int] = set()
@@ -89,10 +94,13 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
         if id(module) in covered or not isinstance(module, nn.ModuleList):
             continue
         for block in module:
-            if any(isinstance(m, AtomLinear) for m in block.modules()):
+            if _trains(block):
                 units.append(block)
                 covered.update(id(m) for m in block.modules())
-    units += [m for m in model.modules() if isinstance(m, AtomLinear) and id(m) not in covered]
+    for module in model.modules():
+        if id(module) not in covered and any(p.requires_grad for p in module.parameters(recurse=False)):
+            units.append(module)
+            covered.update(id(m) for m in module.modules())
     return units
 
 

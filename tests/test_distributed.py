@@ -1,0 +1,152 @@
+"""Several processes train exactly like one: DDP and FSDP2 on CPU (gloo), through the real CLI.
+
+Each run is a subprocess ``python -m moram.cli fit`` (Lightning launches the second process itself).
+:class:`RankAtoms` is loaded into those processes from this file (``PYTHONPATH=tests``) and writes
+every rank's atoms: the frozen ones after each task boundary, and all of them at the end of fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from moram import routed_layers
+from moram.atoms.bank import _full
+
+ROOT = Path(__file__).resolve().parents[1]
+STRATEGIES = ROOT / "configs" / "strategy"
+TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+class RankAtoms(Callback):
+    """Write this rank's atoms to ``<out>/<tag>.rank<r>.pt`` (``tag``: ``task<t>`` after its first step, ``end``)."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 0:  # after the boundary into this task (and its first step)
+            self._dump(trainer, pl_module, f"task{trainer.current_epoch}", current=False)
+
+    def on_fit_end(self, trainer, pl_module):
+        self._dump(trainer, pl_module, "end", current=True)
+
+    def _dump(self, trainer, pl_module, tag, current):
+        tensors = {}
+        for name, layer in routed_layers(pl_module.clip):
+            bank = layer.bank
+            n = bank.num_frozen_atoms
+            tensors[f"{name}.frozen_keys"] = bank.frozen_keys[:n].clone()
+            tensors[f"{name}.frozen_values"] = bank.frozen_values[:n].clone()
+            if current:  # full_tensor() under FSDP2: a collective, same order on every rank
+                tensors[f"{name}.current_keys"] = _full(bank.current_keys).detach().clone()
+                tensors[f"{name}.current_values"] = _full(bank.current_values).detach().clone()
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.save(tensors, self.out / f"{tag}.rank{trainer.global_rank}.pt")
+
+
+def run_args(root: Path, tiny: Path, *extra: str) -> list[str]:
+    return [
+        "fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"),
+        "--model.model_config", str(tiny), "--model.pretrained", "null",
+        "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
+        "--data.source", "moram.data.synthetic.SyntheticTasks",
+        "--data.source.num_tasks", "2", "--data.source.image_size", "16", "--data.source.samples_per_class", "8",
+        "--data.steps_per_task", "3", "--data.batch_size", "4",
+        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.logger.class_path", "CSVLogger",
+        "--trainer.logger.init_args.save_dir", str(root),
+        "--trainer.callbacks+=test_distributed.RankAtoms", "--trainer.callbacks.out", str(root / "atoms"),
+        *extra,
+    ]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def fit_in_subprocess(root: Path, tiny: Path, *extra: str, timeout: float = 240) -> dict:
+    """Run ``moram fit`` in a fresh process; returns the accuracy matrix it wrote."""
+    cmd = [sys.executable, "-m", "moram.cli", *run_args(root, tiny, *extra)]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, cwd=root)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return json.loads(next(root.rglob("continual_metrics.json")).read_text())
+
+
+def load_atoms(root: Path, tag: str, rank: int) -> dict[str, torch.Tensor]:
+    return torch.load(root / "atoms" / f"{tag}.rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The reference: one process, the same global batch."""
+    root = tmp_path_factory.mktemp("single")
+    tiny = root / "tiny_clip.json"
+    tiny.write_text(json.dumps(TINY))
+    return root, tiny, fit_in_subprocess(root, tiny)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_train_like_one(tmp_path, single, strategy):
+    ref_root, tiny, ref_matrix = single
+    matrix = fit_in_subprocess(tmp_path, tiny, "--config", str(STRATEGIES / f"{strategy}.yaml"),
+                               "--trainer.devices", "2")
+    # Evaluation counts are reduced once per sample: the same matrix as one process.
+    assert matrix["zero_shot"] == ref_matrix["zero_shot"]
+    assert matrix["matrix"] == ref_matrix["matrix"]
+    ref = load_atoms(ref_root, "end", 0)
+    for rank in (0, 1):
+        # Every rank holds bit-identical frozen atoms after each boundary (and identical current ones).
+        for tag in ("task0", "task1", "end"):
+            mine, rank0 = load_atoms(tmp_path, tag, rank), load_atoms(tmp_path, tag, 0)
+            assert all(torch.equal(mine[k], rank0[k]) for k in rank0), f"{tag}: rank {rank} differs from rank 0"
+        assert load_atoms(tmp_path, "task1", rank)  # the boundary was crossed with atoms in every layer
+    final = load_atoms(tmp_path, "end", 0)
+    assert final.keys() == ref.keys()
+    for key, value in ref.items():
+        torch.testing.assert_close(final[key], value, rtol=0, atol=1e-5, msg=f"{strategy}: {key}")
+    assert all(final[k].shape[0] == 2 for k in final if k.endswith("frozen_values"))  # one consolidation
+    assert any(final[k].abs().sum() > 0 for k in final if k.endswith("current_values"))  # the atoms trained
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_externally_launched_ranks_all_exit_cleanly(tmp_path, single):
+    # The torchrun / SLURM way: every rank is started from outside (Lightning sees LOCAL_RANK etc.).
+    # Every rank must exit 0 after writing results: barrier, then the process group is destroyed.
+    _, tiny, ref_matrix = single
+    port, env = str(free_port()), subprocess_env()
+    cmd = [sys.executable, "-m", "moram.cli", *run_args(tmp_path, tiny, "--config", str(STRATEGIES / "ddp.yaml"),
+                                                         "--trainer.devices", "2")]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={
+            **env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "NODE_RANK": "0",
+            "LOCAL_RANK": str(rank), "RANK": str(rank),
+        })
+        for rank in (0, 1)
+    ]
+    for rank, proc in enumerate(procs):
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, f"rank {rank} exited {proc.returncode}:\n{err[-6000:]}"
+    matrix = json.loads(next(tmp_path.rglob("continual_metrics.json")).read_text())
+    assert matrix["matrix"] == ref_matrix["matrix"]

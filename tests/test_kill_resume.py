@@ -1,0 +1,89 @@
+"""A run killed with SIGKILL mid-task and resumed from its last checkpoint ends bitwise like an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+from test_distributed import STRATEGIES, TINY, run_args, subprocess_env
+
+STOP = 4  # global step after which the run is killed: inside task 2 (3 steps per task)
+
+
+class Stall(Callback):
+    """Once ``at_step`` optimizer steps are done (and checkpointed), write ``<marker>`` and hang."""
+
+    def __init__(self, at_step: int = -1, marker: str = "") -> None:
+        self.at_step, self.marker = at_step, marker
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            trainer.strategy.barrier()  # every rank has finished writing its shard of the checkpoint
+            if trainer.is_global_zero:
+                Path(self.marker).write_text(str(trainer.global_step))
+            time.sleep(600)  # killed long before this returns
+
+
+def command(root: Path, tiny: Path, at_step: int = -1, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "moram.cli",
+        *run_args(root, tiny,
+                  "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                  "--trainer.callbacks.dirpath", str(root / "ckpt"), "--trainer.callbacks.every_n_train_steps", "1",
+                  "--trainer.callbacks.save_top_k", "-1",
+                  "--trainer.callbacks+=test_kill_resume.Stall", "--trainer.callbacks.at_step", str(at_step),
+                  "--trainer.callbacks.marker", str(root / "stalled"), *extra),
+    ]
+
+
+def finish(proc: subprocess.Popen, root: Path, timeout: float = 240) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-6000:]}"
+    return json.loads(next(root.rglob("continual_metrics.json")).read_text())
+
+
+@pytest.mark.parametrize("strategy", ["single", pytest.param("fsdp2", marks=pytest.mark.slow)])
+def test_sigkill_mid_task_then_resume_is_bitwise_exact(tmp_path, strategy):
+    # fsdp2: 2 processes, checkpoints are folders of shards restored after fully_shard wrapping.
+    extra = () if strategy == "single" else ("--config", str(STRATEGIES / f"{strategy}.yaml"), "--trainer.devices", "2")
+    tiny = tmp_path / "tiny_clip.json"
+    tiny.write_text(json.dumps(TINY))
+    env = subprocess_env()
+    full_root, killed_root, resumed_root = tmp_path / "full", tmp_path / "killed", tmp_path / "resumed"
+    for root in (full_root, killed_root, resumed_root):
+        root.mkdir()
+    # A session of its own: SIGKILL goes to the whole process group (every rank), as a scheduler's would.
+    popen = {"env": env, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "start_new_session": True}
+    full = subprocess.Popen(command(full_root, tiny, -1, *extra), cwd=full_root, **popen)
+    killed = subprocess.Popen(command(killed_root, tiny, STOP, *extra), cwd=killed_root, **popen)
+    deadline = time.monotonic() + 240
+    while not (killed_root / "stalled").exists():
+        assert killed.poll() is None, f"the run ended before step {STOP}: {killed.communicate()[1][-4000:]}"
+        assert time.monotonic() < deadline, "the run never reached the kill step"
+        time.sleep(0.2)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.communicate(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    ckpts = sorted((killed_root / "ckpt").glob("*.ckpt"))
+    assert [p.name for p in ckpts if f"step={STOP}" in p.name], [p.name for p in ckpts]
+    assert not any(f"step={STOP + 1}" in p.name for p in ckpts)
+    ckpt = next(p for p in ckpts if f"step={STOP}.ckpt" in p.name)
+
+    resumed = subprocess.Popen(command(resumed_root, tiny, -1, *extra, "--ckpt_path", str(ckpt)), cwd=resumed_root,
+                               **popen)
+    full_matrix, resumed_matrix = finish(full, full_root), finish(resumed, resumed_root)
+    assert resumed_matrix["zero_shot"] == full_matrix["zero_shot"]
+    assert resumed_matrix["matrix"] == full_matrix["matrix"]
+    want = torch.load(full_root / "atoms" / "end.rank0.pt")
+    got = torch.load(resumed_root / "atoms" / "end.rank0.pt")
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want), [k for k in want if not torch.equal(got[k], want[k])]
+    assert any(v.abs().sum() > 0 for k, v in want.items() if k.endswith("current_values"))
