@@ -20,14 +20,17 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from moram.atoms.inject import clean_name
-from moram.protocols import find_atom_layers, is_task_stream
+from moram.distributed import full_parameters
+from moram.protocols import ContinualHost, find_continual_layers, is_task_stream
 
 
 class TaskBoundaryCallback(Callback):
     """Consolidate atoms, reset their optimizer state and restart the LR schedule at task boundaries.
 
-    Works with any LightningModule that has routed layers (``AtomLinear``), ours or not; it talks to
-    the model only through :func:`moram.protocols.find_atom_layers`.
+    Works with any LightningModule that has routed layers (``AtomLinear``) or other continual layers
+    (:class:`moram.protocols.ContinualLayer`, e.g. the baselines of :mod:`moram.baselines`), ours or
+    not; it talks to the model only through :func:`moram.protocols.find_continual_layers`. A
+    :class:`~moram.protocols.ContinualHost` that lists no layers (zero-shot) is left alone.
 
     Args:
         reset_optimizer_state: zero the optimizer state (e.g. Adam's step, exp_avg, exp_avg_sq) of the
@@ -47,7 +50,9 @@ class TaskBoundaryCallback(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Checked here, not in setup(): models built in configure_model() exist only after setup.
-        layers = find_atom_layers(pl_module)
+        layers = find_continual_layers(pl_module)
+        if not layers and isinstance(pl_module, ContinualHost):
+            return  # the module declares it adapts nothing (zero-shot): nothing to consolidate
         if not layers:
             raise ValueError(
                 f"TaskBoundaryCallback found no routed layers in {type(pl_module).__name__}; "
@@ -55,8 +60,7 @@ class TaskBoundaryCallback(Callback):
             )
         stream = getattr(trainer, "datamodule", None)
         if is_task_stream(stream):
-            bank = layers[0][1].bank
-            max_tasks = bank.capacity // bank.rank
+            max_tasks = layers[0][1].max_tasks
             if stream.num_tasks > max_tasks:
                 raise ValueError(
                     f"the task stream has {stream.num_tasks} tasks but the atom banks hold max_tasks={max_tasks}; "
@@ -84,26 +88,30 @@ class TaskBoundaryCallback(Callback):
         return task
 
     def _cross_boundaries(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        layers = find_atom_layers(pl_module)
-        done = {layer.bank.task_index for _, layer in layers}
+        layers = find_continual_layers(pl_module)
+        if not layers:
+            return
+        done = {layer.task_index for _, layer in layers}
         if len(done) != 1:
             raise RuntimeError(f"routed layers disagree on the task they are in: {sorted(done)}")
         task, consolidated = self._task_index(trainer), done.pop()
         if consolidated >= task:
             return
-        while consolidated < task:
-            for _, layer in layers:
-                layer.consolidate()
-            consolidated += 1
+        with full_parameters(pl_module):  # sharded current atoms are read and re-drawn in full
+            while consolidated < task:
+                for _, layer in layers:
+                    layer.consolidate()
+                consolidated += 1
         if self.reset_optimizer_state:
             reset_atom_optimizer_state(trainer, pl_module)
         if self.restart_lr_schedule:
             restart_lr_schedules(trainer)
         self.boundary_steps.append(trainer.global_step)
-        filled = layers[0][1].bank.num_frozen_atoms
+        bank = getattr(layers[0][1], "bank", None)
+        held = f"hold {bank.num_frozen_atoms} frozen atoms each" if bank is not None else f"consolidated {task} tasks"
         rank_zero_info(
-            f"moram: task {task + 1} starts at step {trainer.global_step}: {len(layers)} routed layers hold "
-            f"{filled} frozen atoms each ({clean_name(layers[0][0])} ...)"
+            f"moram: task {task + 1} starts at step {trainer.global_step}: {len(layers)} adapted layers {held} "
+            f"({clean_name(layers[0][0])} ...)"
         )
 
     @override
@@ -117,8 +125,8 @@ class TaskBoundaryCallback(Callback):
 
 def reset_atom_optimizer_state(trainer: Trainer, pl_module: LightningModule) -> int:
     """Zero, in place, every optimizer state tensor of the current atoms; returns how many were reset."""
-    layers = find_atom_layers(pl_module)
-    params = {id(p) for _, layer in layers for p in (layer.bank.current_keys, layer.bank.current_values)}
+    layers = find_continual_layers(pl_module)
+    params = {id(p) for _, layer in layers for p in layer.current_parameters()}
     count = 0
     for optimizer in trainer.optimizers:
         for param, state in optimizer.state.items():

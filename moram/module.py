@@ -20,9 +20,10 @@ from torch import Tensor
 from moram.atoms.config import AtomConfig
 from moram.atoms.inject import current_atom_parameters, routed_layers
 from moram.atoms.linear import AtomLinear
+from moram.baselines.method import AdapterMethod
 from moram.distributed import gather_batch
 from moram.losses import clip_class_loss
-from moram.protocols import is_task_stream, score_key
+from moram.protocols import ContinualLayer, find_continual_layers, is_task_stream, score_key
 
 Protocol = Literal["task_aware", "task_agnostic"]
 AGNOSTIC_PREFIX = "eval/agnostic/"
@@ -47,6 +48,9 @@ class CLIPContinualModule(LightningModule):
         pretrained: weights: an open_clip tag (``openai``), a local file (safetensors / torch), or
             ``packaged`` for the weights moram ships for ``model_config``; None keeps random weights.
         atoms: atom settings (rank, top_k, temperature, threshold, scale, dropout, max_tasks, targets).
+        method: the adaptation method (a ``class_path`` from :mod:`moram.baselines`: ``ZeroShot``,
+            ``SequentialLoRA``, ``MoELoRA``, ``RankRExperts``); null is MoRAM with ``atoms``. Baselines take
+            the targets, ``max_tasks`` and seed from ``atoms``.
         towers: towers that carry atoms: ``image``, ``text`` or both.
         layers: layer groups that carry atoms: ``attn`` (q, k, v, out) and/or ``mlp`` (c_fc, c_proj).
         protocol: how the reported score classifies a test image: ``task_aware`` (among its own
@@ -65,6 +69,7 @@ class CLIPContinualModule(LightningModule):
         model_name: str | None = None,
         pretrained: str | None = None,
         atoms: AtomConfig | None = None,
+        method: AdapterMethod | None = None,
         towers: list[str] | None = None,
         layers: list[str] | None = None,
         protocol: Protocol = "task_aware",
@@ -82,6 +87,8 @@ class CLIPContinualModule(LightningModule):
             raise ValueError(f"model.protocol must be 'task_aware' or 'task_agnostic', got {protocol!r}")
         self.save_hyperparameters()
         self.atoms = atoms if atoms is not None else AtomConfig()
+        self.method = method
+        self._trains = True  # False once configure_optimizers found nothing to train (zero-shot)
         self.towers = list(towers or ["image", "text"])
         self.layer_groups = list(layers or ["attn", "mlp"])
         self.protocol = protocol
@@ -129,12 +136,29 @@ class CLIPContinualModule(LightningModule):
             model, tokenizer = build_clip(
                 model_name=self.model_name, model_config=self.model_config, pretrained=self.pretrained
             )
-        self.adapted = prepare_clip(model, self.atoms, towers=self.towers, layers=self.layer_groups)
+        self.adapted = prepare_clip(model, self.atoms, towers=self.towers, layers=self.layer_groups, method=self.method)
         self.model, self.tokenizer = model, tokenizer
 
     def atom_layers(self) -> list[tuple[str, AtomLinear]]:
         """The routed layers (the :class:`moram.protocols.AtomHost` protocol)."""
         return routed_layers(self.model) if self.model is not None else []
+
+    def continual_layers(self) -> list[tuple[str, ContinualLayer]]:
+        """Every adapted layer, atoms or baseline (the :class:`moram.protocols.ContinualHost` protocol)."""
+        return find_continual_layers(self.model) if self.model is not None else []
+
+    def on_fit_start(self) -> None:
+        """Write the adapters' parameter and FLOP accounting (:mod:`moram.accounting`) to ``adapter_cost.json``."""
+        import json
+        from pathlib import Path
+
+        from moram.accounting import adapter_cost
+
+        log_dir = self.trainer.log_dir  # a collective: every rank
+        if self.trainer.is_global_zero and log_dir is not None:
+            cost = adapter_cost(self.clip, num_tasks=int(self.atoms.max_tasks or 1))
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(log_dir) / "adapter_cost.json").write_text(json.dumps(cost, indent=1) + "\n")
 
     @property
     def clip(self) -> Any:
@@ -172,7 +196,9 @@ class CLIPContinualModule(LightningModule):
         return F.normalize(self.clip.encode_image(images), dim=-1)
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        if not self._trains:  # zero-shot: nothing to train, the step is skipped
+            return None
         images, labels = batch
         task = min(self.current_epoch, self.stream.num_tasks - 1)
         text = self._encode_text(self._task_prompts(task))  # (C, D), with grad: the text tower has atoms
@@ -191,6 +217,11 @@ class CLIPContinualModule(LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = current_atom_parameters(self.clip)
+        if self.method is not None:
+            params = [p for _, layer in find_continual_layers(self.clip) for p in layer.current_parameters()]
+            self._trains = bool(params)
+            if not params:
+                return None
         if not params:
             raise ValueError("no trainable atom parameters; check model.atoms.targets / model.towers")
         optimizer = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)

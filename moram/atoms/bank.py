@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from moram.atoms.config import AtomConfig
 
@@ -99,6 +102,7 @@ class AtomBank(nn.Module):
         # Python mirrors of the two counters, so forward never syncs with the device to read them.
         self._num_frozen = 0
         self._live = False
+        self._route_hooks: OrderedDict[int, Callable[[Tensor], None]] = OrderedDict()  # weak-referenceable
         self.reset_current()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -213,7 +217,13 @@ class AtomBank(nn.Module):
         if use_current:
             responses.append(F.linear(h, self.current_keys))  # (..., r)
         p = responses[0] if len(responses) == 1 else torch.cat(responses, dim=-1)  # (..., N)
-        coef = self.route(p).to(self.current_values.dtype)  # (..., N): scale * w_i * p_i, zero outside top-k
+        if self._route_hooks:  # telemetry: the same coefficients, built from the weights the hooks see
+            w = self.routing_weights(p)  # (..., N)
+            for hook in list(self._route_hooks.values()):
+                hook(w.detach())
+            coef = ((w * self.scale) * p.to(w.dtype)).to(self.current_values.dtype)
+        else:
+            coef = self.route(p).to(self.current_values.dtype)  # (..., N): scale * w_i * p_i, zero outside top-k
         coef = coef.reshape(-1, coef.shape[-1])  # (T, N) token rows
         # Separate products keep weight gradients to the r current values only.
         if not use_current:
@@ -245,6 +255,27 @@ class AtomBank(nn.Module):
         if gate:
             w = w * (top_score >= self.threshold)
         return torch.zeros_like(p32).scatter(-1, top_idx, (w * self.scale) * p32.gather(-1, top_idx))
+
+    def routing_weights(self, p: Tensor) -> Tensor:
+        """The routing weights ``w`` ``(..., N)`` of :meth:`route` (zero outside the top-k and below delta)."""
+        p32 = p.to(torch.promote_types(p.dtype, torch.float32))
+        s = p32 / (torch.linalg.vector_norm(p32, dim=-1, keepdim=True) + self.eps)  # (..., N)
+        score = s if self.signed_scores else s.abs()
+        k = min(max(self.top_k, 2), s.shape[-1])
+        top_score, top_idx = score.topk(k, dim=-1, sorted=False)  # (..., k)
+        w = torch.softmax(top_score / self.temperature, dim=-1)
+        if not self.training and self.threshold is not None:
+            w = w * (top_score >= self.threshold)
+        return torch.zeros_like(p32).scatter(-1, top_idx, w)
+
+    def register_route_hook(self, hook: Callable[[Tensor], None]) -> RemovableHandle:
+        """Call ``hook(w)`` with the routing weights ``(..., N)`` (bank order) at every forward.
+
+        For telemetry (``moram.callbacks.atom_usage``); remove it with the returned handle.
+        """
+        handle = RemovableHandle(self._route_hooks)
+        self._route_hooks[handle.id] = hook
+        return handle
 
     # ------------------------------------------------------------------ state
     def _sync_mirrors(self) -> None:

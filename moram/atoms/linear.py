@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
+from moram.accounting import LayerCost
 from moram.atoms.bank import AtomBank
 from moram.atoms.config import AtomConfig
 
@@ -73,6 +77,48 @@ class AtomLinear(nn.Module):
     def consolidate(self) -> None:
         """Freeze the current atoms and start fresh ones (see :meth:`AtomBank.consolidate`)."""
         self.bank.consolidate()
+
+    # The continual-layer protocol (moram.protocols.ContinualLayer) and the routed-layer protocol
+    # (moram.protocols.RoutedLayer): what callbacks may use without knowing the bank.
+    @property
+    def task_index(self) -> int:
+        """Tasks consolidated so far (the index of the task the current atoms belong to)."""
+        return self.bank.task_index
+
+    @property
+    def max_tasks(self) -> int:
+        """Tasks the bank holds (``capacity // rank``)."""
+        return self.bank.capacity // self.bank.rank
+
+    def current_parameters(self) -> list[nn.Parameter]:
+        """The trainable Parameters of the present task: current keys and values."""
+        return [self.bank.current_keys, self.bank.current_values]
+
+    @property
+    def units_per_task(self) -> int:
+        """Routed units (atoms) added per task: the rank."""
+        return self.bank.rank
+
+    @property
+    def route_capacity(self) -> int:
+        """Routed units the layer can ever hold."""
+        return self.bank.capacity
+
+    def register_route_hook(self, hook: Callable[[Tensor], None]) -> RemovableHandle:
+        """Call ``hook(w)`` with the routing weights ``(..., N)`` of every forward (see :class:`AtomBank`)."""
+        return self.bank.register_route_hook(hook)
+
+    def cost(self, num_tasks: int) -> LayerCost:
+        """Parameters and FLOPs of the atoms (DESIGN.md §1) after ``num_tasks`` tasks.
+
+        Per token with ``N = num_tasks × r`` atoms: the keys cost ``2·N·d_in``; only the
+        ``k = min(max(top_k, 2), N)`` selected values are needed, ``2·k·d_out`` (routing statistics, O(N),
+        are left out).
+        """
+        r, d_in, d_out = self.bank.rank, self.in_features, self.out_features
+        n = num_tasks * r
+        k = min(max(self.bank.top_k, 2), n)
+        return LayerCost(r * (d_in + d_out), n * (d_in + d_out), 2 * n * d_in + 2 * k * d_out)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

