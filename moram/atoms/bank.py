@@ -217,13 +217,10 @@ class AtomBank(nn.Module):
         if use_current:
             responses.append(F.linear(h, self.current_keys))  # (..., r)
         p = responses[0] if len(responses) == 1 else torch.cat(responses, dim=-1)  # (..., N)
-        if self._route_hooks:  # telemetry: the same coefficients, built from the weights the hooks see
-            w = self.routing_weights(p)  # (..., N)
-            for hook in list(self._route_hooks.values()):
-                hook(w.detach())
-            coef = ((w * self.scale) * p.to(w.dtype)).to(self.current_values.dtype)
-        else:
-            coef = self.route(p).to(self.current_values.dtype)  # (..., N): scale * w_i * p_i, zero outside top-k
+        w = self.routing_weights(p)  # (..., N), zero outside the top-k (and below delta at inference)
+        for hook in list(self._route_hooks.values()):  # telemetry sees exactly the weights used
+            hook(w.detach())
+        coef = ((w * self.scale) * p.to(w.dtype)).to(self.current_values.dtype)  # (..., N): scale * w_i * p_i
         coef = coef.reshape(-1, coef.shape[-1])  # (T, N) token rows
         # Separate products keep weight gradients to the r current values only.
         if not use_current:
@@ -235,36 +232,28 @@ class AtomBank(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)  # (..., d_out)
 
     def route(self, p: Tensor) -> Tensor:
-        """Routing coefficients ``scale · w ⊙ p`` ``(..., N)`` from raw key responses ``p`` ``(..., N)``.
+        """Routing coefficients ``scale · w ⊙ p`` ``(..., N)`` from raw key responses ``p`` ``(..., N)``."""
+        w = self.routing_weights(p)
+        return (w * self.scale) * p.to(w.dtype)
 
-        Statistics are computed in at least float32 (half-precision responses are upcast); the result
-        has ``scale * w_i * p_i`` where atom i is selected, else zero.
+    def routing_weights(self, p: Tensor) -> Tensor:
+        """Routing weights ``w`` ``(..., N)`` from raw key responses ``p`` ``(..., N)`` (DESIGN.md §1).
+
+        ``s = p / (‖p‖ + eps)``; the k = min(max(top_k, 2), N) largest scores get
+        ``softmax(s_top / tau)``, every other atom 0; at inference a selected atom with ``s < delta``
+        is zeroed without renormalising. Statistics are computed in at least float32.
         """
         p32 = p.to(torch.promote_types(p.dtype, torch.float32))
         s = p32 / (torch.linalg.vector_norm(p32, dim=-1, keepdim=True) + self.eps)  # (..., N)
         score = s if self.signed_scores else s.abs()
         k = min(max(self.top_k, 2), s.shape[-1])
         gate = not self.training and self.threshold is not None
-        if k == s.shape[-1]:  # every atom selected: no top-k, gather or scatter needed
+        if k == s.shape[-1]:  # every atom selected: no top-k or scatter needed
             w = torch.softmax(score / self.temperature, dim=-1)  # (..., N)
-            if gate:
-                w = w * (score >= self.threshold)
-            return (w * self.scale) * p32
+            return w * (score >= self.threshold) if gate else w
         top_score, top_idx = score.topk(k, dim=-1, sorted=False)  # (..., k); order is irrelevant below
         w = torch.softmax(top_score / self.temperature, dim=-1)  # (..., k)
         if gate:
-            w = w * (top_score >= self.threshold)
-        return torch.zeros_like(p32).scatter(-1, top_idx, (w * self.scale) * p32.gather(-1, top_idx))
-
-    def routing_weights(self, p: Tensor) -> Tensor:
-        """The routing weights ``w`` ``(..., N)`` of :meth:`route` (zero outside the top-k and below delta)."""
-        p32 = p.to(torch.promote_types(p.dtype, torch.float32))
-        s = p32 / (torch.linalg.vector_norm(p32, dim=-1, keepdim=True) + self.eps)  # (..., N)
-        score = s if self.signed_scores else s.abs()
-        k = min(max(self.top_k, 2), s.shape[-1])
-        top_score, top_idx = score.topk(k, dim=-1, sorted=False)  # (..., k)
-        w = torch.softmax(top_score / self.temperature, dim=-1)
-        if not self.training and self.threshold is not None:
             w = w * (top_score >= self.threshold)
         return torch.zeros_like(p32).scatter(-1, top_idx, w)
 
