@@ -239,23 +239,12 @@ class AtomBank(nn.Module):
     def routing_weights(self, p: Tensor) -> Tensor:
         """Routing weights ``w`` ``(..., N)`` from raw key responses ``p`` ``(..., N)`` (DESIGN.md §1).
 
-        ``s = p / (‖p‖ + eps)``; the k = min(max(top_k, 2), N) largest scores get
-        ``softmax(s_top / tau)``, every other atom 0; at inference a selected atom with ``s < delta``
-        is zeroed without renormalising. Statistics are computed in at least float32.
+        See :func:`normalized_topk_weights`; delta applies at inference only.
         """
-        p32 = p.to(torch.promote_types(p.dtype, torch.float32))
-        s = p32 / (torch.linalg.vector_norm(p32, dim=-1, keepdim=True) + self.eps)  # (..., N)
-        score = s if self.signed_scores else s.abs()
-        k = min(max(self.top_k, 2), s.shape[-1])
-        gate = not self.training and self.threshold is not None
-        if k == s.shape[-1]:  # every atom selected: no top-k or scatter needed
-            w = torch.softmax(score / self.temperature, dim=-1)  # (..., N)
-            return w * (score >= self.threshold) if gate else w
-        top_score, top_idx = score.topk(k, dim=-1, sorted=False)  # (..., k); order is irrelevant below
-        w = torch.softmax(top_score / self.temperature, dim=-1)  # (..., k)
-        if gate:
-            w = w * (top_score >= self.threshold)
-        return torch.zeros_like(p32).scatter(-1, top_idx, w)
+        return normalized_topk_weights(
+            p, top_k=self.top_k, temperature=self.temperature, eps=self.eps,
+            threshold=None if self.training else self.threshold, signed=self.signed_scores,
+        )
 
     def register_route_hook(self, hook: Callable[[Tensor], None]) -> RemovableHandle:
         """Call ``hook(w)`` with the routing weights ``(..., N)`` (bank order) at every forward.
@@ -314,6 +303,29 @@ class AtomBank(nn.Module):
             f"frozen={self._num_frozen}, top_k={self.top_k}, tau={self.temperature}, "
             f"delta={self.threshold}, scale={self.scale}"
         )
+
+
+def normalized_topk_weights(
+    p: Tensor, *, top_k: int, temperature: float, eps: float, threshold: float | None, signed: bool = True
+) -> Tensor:
+    """Self-activated routing weights ``(..., N)`` from per-unit responses ``p`` ``(..., N)``.
+
+    ``s = p / (‖p‖ + eps)`` (``|s|`` when not ``signed``); the k = min(max(top_k, 2), N) largest
+    scores get ``softmax(s_top / temperature)``, every other unit 0; a selected unit with a score
+    below ``threshold`` (None: no gate) is zeroed without renormalising. Computed in at least float32.
+    """
+    p32 = p.to(torch.promote_types(p.dtype, torch.float32))
+    s = p32 / (torch.linalg.vector_norm(p32, dim=-1, keepdim=True) + eps)  # (..., N)
+    score = s if signed else s.abs()
+    k = min(max(top_k, 2), s.shape[-1])
+    if k == s.shape[-1]:  # every unit selected: no top-k or scatter needed
+        w = torch.softmax(score / temperature, dim=-1)  # (..., N)
+        return w if threshold is None else w * (score >= threshold)
+    top_score, top_idx = score.topk(k, dim=-1, sorted=False)  # (..., k); order is irrelevant below
+    w = torch.softmax(top_score / temperature, dim=-1)  # (..., k)
+    if threshold is not None:
+        w = w * (top_score >= threshold)
+    return torch.zeros_like(p32).scatter(-1, top_idx, w)
 
 
 def _full(t: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moram.accounting import LayerCost
+from moram.atoms.bank import normalized_topk_weights
 from moram.baselines.base import ExpertStoreLinear
 
 
@@ -47,14 +48,11 @@ class ExpertBankLinear(ExpertStoreLinear):
 
     def route(self, z: Tensor) -> Tensor:
         """Expert weights ``w`` ``(..., E)`` from the responses ``z`` ``(..., E, r)``."""
-        u = torch.linalg.vector_norm(z.float(), dim=-1)  # (..., E)
-        s = u / (torch.linalg.vector_norm(u, dim=-1, keepdim=True) + self.eps)
-        k = min(max(self.top_k, 2), s.shape[-1])
-        top, idx = s.topk(k, dim=-1)  # (..., k)
-        w = torch.softmax(top / self.temperature, dim=-1)
-        if not self.training and self.threshold is not None:
-            w = w * (top >= self.threshold)
-        return torch.zeros_like(s).scatter(-1, idx, w)
+        u = torch.linalg.vector_norm(z.float(), dim=-1)  # (..., E): each expert's score, never negative
+        return normalized_topk_weights(
+            u, top_k=self.top_k, temperature=self.temperature, eps=self.eps,
+            threshold=None if self.training else self.threshold,
+        )
 
     def delta(self, x: Tensor) -> Tensor | None:
         use_current = self._uses_current()
