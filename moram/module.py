@@ -8,37 +8,25 @@ seen and unseen, in the configured protocol and logs each score under
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from moram.atoms.config import AtomConfig
-from moram.atoms.inject import current_atom_parameters, routed_layers
-from moram.atoms.linear import AtomLinear
 from moram.baselines.method import AdapterMethod
 from moram.distributed import gather_batch
 from moram.losses import clip_class_loss
-from moram.protocols import ContinualLayer, find_continual_layers, is_task_stream, score_key
+from moram.module_base import ContinualModule
+from moram.protocols import score_key
 
 Protocol = Literal["task_aware", "task_agnostic"]
 AGNOSTIC_PREFIX = "eval/agnostic/"
 AWARE_PREFIX = "eval/aware/"
 
 
-def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
-    """LR factor at ``step`` of a task of ``total`` steps: linear warmup, then cosine to zero."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class CLIPContinualModule(LightningModule):
+class CLIPContinualModule(ContinualModule):
     """Continual CLIP with MoRAM atoms in the image tower, the text tower or both.
 
     Args:
@@ -102,27 +90,9 @@ class CLIPContinualModule(LightningModule):
         self._eval: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ construction
-    def configure_model(self) -> None:
-        """Build the backbone, load weights, convert attention and inject atoms; shard under FSDP2.
-
-        Idempotent: the model is built once, and sharded once when the strategy provides a device
-        mesh (Lightning's ``ModelParallelStrategy``; see :func:`moram.distributed.shard_atom_model`).
-        """
-        if self.model is None:
-            self._build_model()
-        if self.device_mesh is not None:
-            from moram.distributed import shard_atom_model
-
-            shard_atom_model(self.model, self.device_mesh)
-
     def _build_model(self) -> None:
         from moram.backbones.clip import build_clip, prepare_clip
 
-        if self.atoms.max_tasks is None:
-            stream: Any = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-            if stream is None or not is_task_stream(stream):
-                raise ValueError("model.atoms.max_tasks is null and there is no task stream to take it from; set it")
-            self.atoms = dataclasses.replace(self.atoms, max_tasks=stream.num_tasks)
         if self.pretrained == "packaged":
             from moram.backbones.tiny_clip import load_tiny_clip
 
@@ -139,33 +109,10 @@ class CLIPContinualModule(LightningModule):
         self.adapted = prepare_clip(model, self.atoms, towers=self.towers, layers=self.layer_groups, method=self.method)
         self.model, self.tokenizer = model, tokenizer
 
-    def atom_layers(self) -> list[tuple[str, AtomLinear]]:
-        """The routed layers (the :class:`moram.protocols.AtomHost` protocol)."""
-        return routed_layers(self.model) if self.model is not None else []
-
-    def continual_layers(self) -> list[tuple[str, ContinualLayer]]:
-        """Every adapted layer, atoms or baseline (the :class:`moram.protocols.ContinualHost` protocol)."""
-        return find_continual_layers(self.model) if self.model is not None else []
-
-    def on_fit_start(self) -> None:
-        """Write the adapters' parameter and FLOP accounting (:mod:`moram.accounting`) to ``adapter_cost.json``."""
-        import json
-        from pathlib import Path
-
-        from moram.accounting import adapter_cost
-
-        log_dir = self.trainer.log_dir  # a collective: every rank
-        if self.trainer.is_global_zero and log_dir is not None:
-            cost = adapter_cost(self.clip, num_tasks=int(self.atoms.max_tasks or 1))
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(log_dir) / "adapter_cost.json").write_text(json.dumps(cost, indent=1) + "\n")
-
     @property
     def clip(self) -> Any:
         """The open_clip model (built on first use)."""
-        if self.model is None:
-            self.configure_model()
-        return self.model
+        return self.backbone
 
     @property
     def score_views(self) -> dict[str, str]:
@@ -173,16 +120,6 @@ class CLIPContinualModule(LightningModule):
         return {"task_agnostic": AGNOSTIC_PREFIX} if self.protocol == "task_aware" else {"task_aware": AWARE_PREFIX}
 
     # ------------------------------------------------------------------ task bookkeeping
-    @property
-    def stream(self) -> Any:
-        stream = getattr(self.trainer, "datamodule", None)
-        if stream is None or not hasattr(stream, "tasks"):
-            raise ValueError(
-                "CLIPContinualModule needs a task-stream datamodule with `tasks` (class names and templates), "
-                "e.g. moram.data.stream.TaskStreamDataModule"
-            )
-        return stream
-
     def _task_prompts(self, task: int) -> Tensor:
         if task not in self._prompt_cache:
             t = self.stream.tasks[task]
@@ -200,38 +137,16 @@ class CLIPContinualModule(LightningModule):
         if not self._trains:  # zero-shot: nothing to train, the step is skipped
             return None
         images, labels = batch
-        task = min(self.current_epoch, self.stream.num_tasks - 1)
+        task = self.current_task_index
         text = self._encode_text(self._task_prompts(task))  # (C, D), with grad: the text tower has atoms
         image = self._encode_image(images)  # (b, D): this rank's share of the global batch
         # the text->image term couples the images of a batch: compute it on the global batch, so that
         # N processes train exactly like one (moram.distributed.gather_batch)
         image, labels = gather_batch(image, labels)  # (B, D), (B,)
         loss = clip_class_loss(image, text, labels, self.clip.logit_scale.exp())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss {loss.item()} at task {task} step {batch_idx}; lower model.lr "
-                f"(now {self.lr}) or check the data of task '{self.stream.task_names[task]}'"
-            )
+        self.check_loss(loss, batch_idx)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         return loss
-
-    def configure_optimizers(self) -> Any:
-        params = current_atom_parameters(self.clip)
-        if self.method is not None:
-            params = [p for _, layer in find_continual_layers(self.clip) for p in layer.current_parameters()]
-            self._trains = bool(params)
-            if not params:
-                return None
-        if not params:
-            raise ValueError("no trainable atom parameters; check model.atoms.targets / model.towers")
-        optimizer = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
-        total, warmup = self.steps_per_task, self.warmup_steps
-        if total is None:
-            total = getattr(getattr(self._trainer, "datamodule", None), "steps_per_task", None)
-            if total is None:
-                raise ValueError("model.steps_per_task is null and the datamodule has no steps_per_task; set it")
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ evaluation
     def _start_eval(self) -> None:

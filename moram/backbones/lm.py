@@ -42,6 +42,10 @@ Example:
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 from torch import nn
 
 from moram.atoms.config import AtomConfig
@@ -125,3 +129,138 @@ def prepare_lm(model: nn.Module, atom_config: AtomConfig, include_mlp: bool = Fa
     """
     targets = atom_config.targets if atom_config.targets else default_lm_targets(model, include_mlp)
     return inject_atoms(model, atom_config, targets=targets)
+
+
+# ---------------------------------------------------------------------------- loading
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
+
+
+def load_lm(
+    model: str | None = None,
+    config: str | dict[str, Any] | None = None,
+    tokenizer: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[nn.Module, Any]:
+    """A transformers causal or seq2seq LM and its tokenizer, from weights or from a config.
+
+    Args:
+        model: a local folder saved with ``save_pretrained``, a hub id (cached, or online when the hub is
+            reachable), or ``"packaged"`` for the tiny LLaMA moram ships. Exclusive with ``config``.
+        config: a transformers config, as a ``config.json`` path or a dict with ``model_type``; the
+            model gets random weights (tests, or training from scratch).
+        tokenizer: tokenizer folder or hub id; defaults to ``model``. ``"char"`` builds moram's
+            character tokenizer (:func:`moram.backbones.tiny_lm.char_tokenizer`).
+        dtype: weight dtype to load in (``float32``, ``bfloat16``, ``float16``); None keeps the
+            checkpoint's / float32. Mixed precision is the Trainer's ``precision``, not this.
+        trust_remote_code: passed to transformers for models with custom code.
+
+    Returns:
+        ``(model, tokenizer)``; ``model.config.is_encoder_decoder`` tells seq2seq from causal. A
+        tokenizer without a padding token gets its eos token as padding.
+
+    Raises:
+        ValueError / FileNotFoundError naming the option (``model.model``, ``model.config``,
+        ``model.tokenizer``) that could not be used.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    if (model is None) == (config is None):
+        raise ValueError("set exactly one of model.model (weights: folder, hub id or 'packaged') and model.config")
+    torch_dtype = _dtype(dtype)
+    if model == "packaged":
+        from moram.backbones.tiny_lm import tiny_lm_path
+
+        model = str(tiny_lm_path())
+    lm: Any
+    if model is not None:
+        lm = _from_pretrained(model, torch_dtype, trust_remote_code)
+    else:
+        cfg = _config_from(config)
+        auto = AutoModelForSeq2SeqLM if getattr(cfg, "is_encoder_decoder", False) else AutoModelForCausalLM
+        lm = auto.from_config(cfg, trust_remote_code=trust_remote_code)
+        if torch_dtype is not None:
+            lm = lm.to(torch_dtype)
+    tok = _load_tokenizer(tokenizer or model, trust_remote_code)
+    if getattr(tok, "pad_token", None) is None and getattr(tok, "eos_token", None) is not None:
+        tok.pad_token = tok.eos_token
+    vocab = lm.get_input_embeddings().num_embeddings
+    if len(tok) > vocab:
+        raise ValueError(
+            f"the tokenizer has {len(tok)} tokens but the model's embedding has {vocab} rows; "
+            "model.tokenizer must be the model's own tokenizer (or set the config's vocab_size)"
+        )
+    return lm, tok
+
+
+def _dtype(dtype: str | None) -> Any:
+    import torch
+
+    if dtype is None:
+        return None
+    if dtype not in _DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)} or null, got {dtype!r}")
+    return getattr(torch, _DTYPES[dtype])
+
+
+def _from_pretrained(model: str, torch_dtype: Any, trust_remote_code: bool) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    if _looks_local(model) and not Path(model).expanduser().is_dir():
+        raise FileNotFoundError(
+            f"model.model='{model}' is not a folder; give a folder written by save_pretrained "
+            "(config.json + weights + tokenizer files), a hub id, or 'packaged'"
+        )
+    try:
+        cfg = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"model.model='{model}' could not be loaded ({type(err).__name__}: {err}); without network, "
+            "download it first (huggingface-cli download ...) or give a local folder"
+        ) from err
+    auto = AutoModelForSeq2SeqLM if getattr(cfg, "is_encoder_decoder", False) else AutoModelForCausalLM
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    return auto.from_pretrained(model, **kwargs)
+
+
+def _config_from(config: str | dict[str, Any] | None) -> Any:
+    from transformers import AutoConfig
+
+    if isinstance(config, str):
+        path = Path(config).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model.config='{config}' is not a file; give a config.json path or a dict")
+        values = json.loads(path.read_text())
+    else:
+        values = dict(config or {})
+    model_type = values.pop("model_type", None)
+    if not model_type:
+        raise ValueError("model.config needs a 'model_type' (e.g. 'llama', 'gpt2', 't5')")
+    try:
+        return AutoConfig.for_model(model_type, **values)
+    except ValueError as err:
+        raise ValueError(f"model.config: {err}") from err
+
+
+def _load_tokenizer(name: str | None, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    if name is None:
+        raise ValueError("model.config builds random weights: set model.tokenizer (a folder, hub id or 'char')")
+    if name == "char":
+        from moram.backbones.tiny_lm import char_tokenizer
+
+        return char_tokenizer()
+    if _looks_local(name) and not Path(name).expanduser().is_dir():
+        raise FileNotFoundError(f"model.tokenizer='{name}' is not a folder with tokenizer files")
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"model.tokenizer='{name}' could not be loaded ({type(err).__name__}: {err})") from err

@@ -34,6 +34,11 @@ def _labels_of(data: Dataset) -> torch.Tensor:
 
 def select_shots(task: Task, shots: int, seed: int, task_index: int) -> list[int]:
     """``shots`` training indices per class of ``task``, drawn with a generator seeded by (seed, task)."""
+    if not getattr(task, "classnames", None):
+        raise ValueError(
+            f"data.shots draws samples per class, but task {task.name!r} has no classes (a text task); "
+            "leave data.shots unset and size text tasks with the source's own options (e.g. max_train)"
+        )
     labels = _labels_of(task.train)
     generator = torch.Generator().manual_seed(mix_seed(seed, "shots", task_index))
     chosen: list[int] = []
@@ -91,7 +96,7 @@ class TaskStreamDataModule(LightningDataModule):
         self._num_tasks = int(source.num_tasks)
         if self._num_tasks < 1:
             raise ValueError(f"data.source announces {self._num_tasks} tasks; it must give at least one")
-        self._tasks: list[Task] | None = None
+        self._tasks: list[Any] | None = None
         self.shot_indices: dict[str, list[int]] | None = None
         self._shots_written = False
 
@@ -112,7 +117,7 @@ class TaskStreamDataModule(LightningDataModule):
         return min(self.trainer.current_epoch, self.num_tasks - 1)
 
     @property
-    def tasks(self) -> list[Task]:
+    def tasks(self) -> list[Any]:
         """The tasks, built (and checked) once on first access."""
         if self._tasks is None:
             self._tasks = check_tasks(self.source.build(), expected=self.num_tasks)

@@ -9,8 +9,9 @@ label an index into the task's own ``classnames``. A *task source* (e.g.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import Dataset
@@ -77,6 +78,18 @@ def _size(data: Dataset) -> int:
         return 1  # not sized (iterable): cannot check cheaply
 
 
+class TaskLike(Protocol):
+    """What the stream needs of a task: :class:`Task` (images) and :class:`moram.data.text.TextTask` both fit."""
+
+    name: str
+    train: Dataset
+    test: Dataset
+
+    def check(self) -> Any:
+        """Raise ``ValueError`` naming the task if it cannot be trained or evaluated."""
+        ...
+
+
 @runtime_checkable
 class TaskSource(Protocol):
     """Anything that builds the task list; LightningCLI fills it by ``class_path``."""
@@ -86,12 +99,12 @@ class TaskSource(Protocol):
         """Number of tasks, known without loading any data (sizes the atom banks)."""
         ...
 
-    def build(self) -> list[Task]:
-        """Load the data and return the tasks in stream order."""
+    def build(self) -> Any:  # Any: jsonargparse matches return annotations exactly when checking the protocol
+        """Load the data and return the tasks (a list of :class:`Task` or of :class:`~moram.data.text.TextTask`)."""
         ...
 
 
-def check_tasks(tasks: list[Task], expected: int | None = None) -> list[Task]:
+def check_tasks(tasks: Sequence[TaskLike], expected: int | None = None) -> list[Any]:
     """Check every task and that names are unique (and, if given, that there are ``expected`` tasks)."""
     for task in tasks:
         task.check()
@@ -103,4 +116,4 @@ def check_tasks(tasks: list[Task], expected: int | None = None) -> list[Task]:
         raise ValueError(f"the task source announced {expected} tasks (num_tasks) but built {len(tasks)}")
     if not tasks:
         raise ValueError("the task source built no tasks")
-    return tasks
+    return list(tasks)

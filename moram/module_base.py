@@ -1,0 +1,149 @@
+"""What every moram continual LightningModule shares: bank sizing, layer discovery, optimiser, cost file.
+
+:class:`ContinualModule` is the common base of :class:`moram.module.CLIPContinualModule` and
+:class:`moram.lm_module.LMContinualModule`. Subclasses build their backbone in ``_build_model()``
+(setting ``self.model``) and implement the steps; the base provides:
+
+* ``atoms.max_tasks: null`` taken from the task stream (one source of truth for the bank size);
+* the :class:`~moram.protocols.AtomHost` / :class:`~moram.protocols.ContinualHost` protocols the
+  callbacks use, so one :class:`~moram.callbacks.task_boundary.TaskBoundaryCallback` and one
+  metrics callback serve CLIP and LM runs alike;
+* AdamW over the current task's parameters with a per-task cosine schedule (restarted by the
+  task-boundary callback), and the adapters' cost written to ``adapter_cost.json`` at fit start;
+* FSDP2 sharding of the built model in ``configure_model()`` when the strategy has a device mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+
+from moram.atoms.config import AtomConfig
+from moram.atoms.inject import current_atom_parameters, routed_layers
+from moram.atoms.linear import AtomLinear
+from moram.protocols import ContinualLayer, find_continual_layers, is_task_stream
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    """LR factor at ``step`` of a task of ``total`` steps: linear warmup, then cosine to zero."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class ContinualModule(LightningModule):
+    """Base of moram's continual LightningModules (see the module docstring).
+
+    Subclasses set ``self.atoms``, ``self.method``, ``self.lr``, ``self.betas``, ``self.weight_decay``,
+    ``self.warmup_steps`` and ``self.steps_per_task`` in ``__init__``, and implement ``_build_model()``.
+    """
+
+    model: Any
+    atoms: AtomConfig
+    method: Any
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    warmup_steps: int
+    steps_per_task: int | None
+    _trains: bool = True
+
+    # ------------------------------------------------------------------ construction
+    def configure_model(self) -> None:
+        """Build the backbone once; shard it under FSDP2 (a strategy with a device mesh). Idempotent."""
+        if self.model is None:
+            self.atoms = self.resolve_max_tasks(self.atoms)
+            self._build_model()
+        if self.device_mesh is not None:
+            from moram.distributed import shard_atom_model
+
+            shard_atom_model(self.model, self.device_mesh)
+
+    def _build_model(self) -> None:
+        raise NotImplementedError
+
+    def resolve_max_tasks(self, atoms: AtomConfig) -> AtomConfig:
+        """``atoms`` with ``max_tasks`` taken from the task stream when it is null."""
+        if atoms.max_tasks is not None:
+            return atoms
+        stream: Any = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if stream is None or not is_task_stream(stream):
+            raise ValueError("model.atoms.max_tasks is null and there is no task stream to take it from; set it")
+        return dataclasses.replace(atoms, max_tasks=stream.num_tasks)
+
+    @property
+    def backbone(self) -> Any:
+        """The adapted model (built on first use)."""
+        if self.model is None:
+            self.configure_model()
+        return self.model
+
+    def atom_layers(self) -> list[tuple[str, AtomLinear]]:
+        """The routed layers (the :class:`moram.protocols.AtomHost` protocol)."""
+        return routed_layers(self.model) if self.model is not None else []
+
+    def continual_layers(self) -> list[tuple[str, ContinualLayer]]:
+        """Every adapted layer, atoms or baseline (the :class:`moram.protocols.ContinualHost` protocol)."""
+        return find_continual_layers(self.model) if self.model is not None else []
+
+    def on_fit_start(self) -> None:
+        """Write the adapters' parameter and FLOP accounting (:mod:`moram.accounting`) to ``adapter_cost.json``."""
+        from moram.accounting import adapter_cost
+
+        log_dir = self.trainer.log_dir  # a collective: every rank
+        if self.trainer.is_global_zero and log_dir is not None:
+            cost = adapter_cost(self.backbone, num_tasks=int(self.atoms.max_tasks or 1))
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(log_dir) / "adapter_cost.json").write_text(json.dumps(cost, indent=1) + "\n")
+
+    # ------------------------------------------------------------------ task bookkeeping
+    @property
+    def stream(self) -> Any:
+        """The trainer's task-stream datamodule (it must list its ``tasks``)."""
+        stream = getattr(self.trainer, "datamodule", None)
+        if stream is None or not hasattr(stream, "tasks"):
+            raise ValueError(
+                f"{type(self).__name__} needs a task-stream datamodule with `tasks`, "
+                "e.g. moram.data.stream.TaskStreamDataModule"
+            )
+        return stream
+
+    @property
+    def current_task_index(self) -> int:
+        """Index of the task being trained: the epoch, capped at the last task."""
+        return min(self.current_epoch, self.stream.num_tasks - 1)
+
+    def check_loss(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Raise naming ``model.lr`` and the task when ``loss`` is NaN or infinite (nothing is updated)."""
+        if not torch.isfinite(loss):
+            task = self.current_task_index
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at task {task} step {batch_idx}; lower model.lr "
+                f"(now {self.lr}) or check the data of task '{self.stream.task_names[task]}'"
+            )
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        params = current_atom_parameters(self.backbone)
+        if self.method is not None:
+            params = [p for _, layer in find_continual_layers(self.backbone) for p in layer.current_parameters()]
+            self._trains = bool(params)
+            if not params:
+                return None
+        if not params:
+            raise ValueError("no trainable atom parameters; check model.atoms.targets and the layer options")
+        optimizer = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        total, warmup = self.steps_per_task, self.warmup_steps
+        if total is None:
+            total = getattr(getattr(self._trainer, "datamodule", None), "steps_per_task", None)
+            if total is None:
+                raise ValueError("model.steps_per_task is null and the datamodule has no steps_per_task; set it")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

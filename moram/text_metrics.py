@@ -1,0 +1,304 @@
+r"""Per-example scores of generated text against references, on a 0–100 scale (TRACE's and O-LoRA's metrics).
+
+Every metric gives one score per example, so that scores can be summed (and counted) across processes
+and averaged once; :func:`corpus_score` is their mean. Predictions and references are stripped of
+leading and trailing whitespace first (a decoded answer often starts with a space). A reference may be
+one string or a list of strings; with several, an example scores the best over them, except SARI,
+which uses them all at once, as its definition does.
+
+- ``accuracy`` (TRACE's classification score, ``caculate_accuracy``): 100 when the prediction equals the
+  reference, else 0. TRACE's ScienceQA rule is built in: when the reference starts with
+  ``"Answer: "`` (ScienceQA's ``"Answer: B\nBecause ..."`` format), both sides are reduced to the one
+  character after their first ``"Answer: "`` (nothing if absent), as TRACE's ``eval_ScienceQA.resolve``
+  does, so the reasoning that follows does not count. An empty prediction or reference scores 0 (TRACE
+  skips such pairs but still divides by their number).
+- ``exact_match`` (O-LoRA's and Super-NaturalInstructions' ``exact_match``): both sides are lowercased,
+  stripped of ASCII punctuation (:data:`string.punctuation`) and their whitespace runs collapsed to
+  one space (``" ".join(text.split())``); 100 when equal. Two empty strings match.
+- ``rouge_l`` (ROUGE-L F-measure, TRACE's MeetingBank score): tokens are the runs of letters and digits
+  of the lowercased text (rouge-score's default tokenizer without stemming, except that non-ASCII letters
+  are kept rather than dropped); with ``L`` the longest common subsequence of the token lists,
+  P = L / len(prediction), R = L / len(reference), F = 2PR / (P + R). Empty text scores 0.
+  TRACE itself calls the ``rouge`` package (whitespace tokens, sentences split at ``"."``, union LCS and
+  ``beta = P / R``), whose numbers differ slightly from this standard definition.
+- ``edit_similarity`` (TRACE's Py150 score): fuzzywuzzy's ``fuzz.ratio`` as TRACE installs it (fuzzywuzzy
+  without python-Levenshtein, so :class:`difflib.SequenceMatcher`): ``round(100 * ratio)`` with
+  ratio = 2M / (len(a) + len(b)) over characters, M the characters of the matching blocks; 100 when the
+  strings are equal, 0 when either is empty. Py150's literal placeholders are resolved first on both
+  sides (TRACE's ``eval_Py150.postprocess``): ``<NUM_LIT>`` → ``0``, ``<STR_LIT>`` and ``<CHAR_LIT>`` →
+  nothing, ``<STR_LIT:x>`` / ``<NUM_LIT:x>`` / ``<CHAR_LIT:x>`` → ``x``.
+- ``sari`` (Xu et al. 2016, as Hugging Face ``evaluate``'s ``sari``, which TRACE calls for 20Minuten):
+  source, prediction and references are lowercased and tokenised with sacreBLEU's ``13a`` tokenizer,
+  split on single spaces; for n = 1..4 the keep F1, the deletion precision and the addition F1 are
+  computed from n-gram counts (each source and prediction count multiplied by the number of
+  references; 0/0 counts as 1), averaged over n, and SARI is the mean of the three. It needs the
+  ``sources``; TRACE passes each example's full prompt (instruction and article) as the source.
+
+Example:
+    >>> example_scores("exact_match", ["The  Answer."], ["the answer"])
+    [100.0]
+    >>> corpus_score("accuracy", ["dovish", "neutral"], ["dovish", "hawkish"])
+    50.0
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Sequence
+from difflib import SequenceMatcher
+
+Reference = str | Sequence[str]
+
+_PUNCTUATION = frozenset(string.punctuation)
+_WORD = re.compile(r"[^\W_]+")  # runs of letters and digits (Unicode), what rouge-score keeps of [a-z0-9]
+_ANSWER = "Answer: "
+_LITERAL = re.compile(r"<(STR|NUM|CHAR)_LIT:(.*?)>", re.S)
+_13A = [
+    (re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),  # punctuation and symbols
+    (re.compile(r"([^0-9])([\.,])"), r"\1 \2 "),  # period and comma unless preceded by a digit
+    (re.compile(r"([\.,])([^0-9])"), r" \1 \2"),  # period and comma unless followed by a digit
+    (re.compile(r"([0-9])(-)"), r"\1 \2 "),  # dash preceded by a digit
+]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, drop ASCII punctuation, collapse whitespace: the ``exact_match`` normalisation.
+
+    Example:
+        >>> normalize_answer("  Science or  Technology! ")
+        'science or technology'
+    """
+    return " ".join("".join(ch for ch in text.lower() if ch not in _PUNCTUATION).split())
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """The ``rouge_l`` tokens: runs of letters and digits of the lowercased text.
+
+    Example:
+        >>> rouge_tokens("The cat's hat, 2x!")
+        ['the', 'cat', 's', 'hat', '2x']
+    """
+    return _WORD.findall(text.lower())
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token lists (dynamic programming, O(len(a) len(b)))."""
+    if len(a) < len(b):
+        a, b = b, a
+    row = [0] * (len(b) + 1)
+    for x in a:
+        diagonal = 0
+        for j, y in enumerate(b, start=1):
+            above = row[j]
+            row[j] = diagonal + 1 if x == y else max(row[j], row[j - 1])
+            diagonal = above
+    return row[-1]
+
+
+def py150_postprocess(code: str) -> str:
+    """Resolve Py150's literal placeholders as TRACE does before scoring edit similarity.
+
+    Example:
+        >>> py150_postprocess("x = <NUM_LIT> + <NUM_LIT:2> + len(<STR_LIT>) + <STR_LIT:a>")
+        'x = 0 + 2 + len() + a'
+    """
+    code = code.replace("<NUM_LIT>", "0").replace("<STR_LIT>", "").replace("<CHAR_LIT>", "")
+    return _LITERAL.sub(lambda m: m.group(2), code)
+
+
+def tokenize_13a(text: str) -> str:
+    """The ``13a`` tokenisation of sacreBLEU (mteval-v13a): split punctuation off words; one space between tokens.
+
+    Example:
+        >>> tokenize_13a("Hello, world. It costs 3.50-4 &amp; more!")
+        'Hello , world . It costs 3.50 - 4 & more !'
+    """
+    text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
+    for entity, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
+        text = text.replace(entity, char)
+    text = f" {text} "
+    for pattern, replacement in _13A:
+        text = pattern.sub(replacement, text)
+    return " ".join(text.split())
+
+
+def answer_choice(text: str) -> str:
+    r"""The one character after the first ``"Answer: "`` (TRACE's ScienceQA answer), or ``""`` when absent.
+
+    Example:
+        >>> answer_choice("Answer: C\nBecause the wax ...")
+        'C'
+    """
+    at = text.find(_ANSWER)
+    return "" if at < 0 else text[at + len(_ANSWER) : at + len(_ANSWER) + 1]
+
+
+def _f1(precision: float, recall: float) -> float:
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+# ------------------------------------------------------------------------------------- single-pair scores
+
+
+def accuracy_score(prediction: str, reference: str) -> float:
+    """``accuracy`` of one pair, 0 or 100 (see the module docstring)."""
+    prediction, reference = prediction.strip(), reference.strip()
+    if reference.startswith(_ANSWER):
+        prediction, reference = answer_choice(prediction), answer_choice(reference)
+    if not prediction or not reference:
+        return 0.0
+    return 100.0 if prediction == reference else 0.0
+
+
+def exact_match_score(prediction: str, reference: str) -> float:
+    """``exact_match`` of one pair, 0 or 100."""
+    return 100.0 if normalize_answer(prediction) == normalize_answer(reference) else 0.0
+
+
+def rouge_l_score(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure of one pair, 0–100."""
+    predicted, target = rouge_tokens(prediction), rouge_tokens(reference)
+    if not predicted or not target:
+        return 0.0
+    common = lcs_length(predicted, target)
+    return 100.0 * _f1(common / len(predicted), common / len(target))
+
+
+def edit_similarity_score(prediction: str, reference: str) -> float:
+    """fuzzywuzzy-style ``fuzz.ratio`` of one pair after Py150 post-processing, an integer 0–100."""
+    a, b = py150_postprocess(prediction.strip()), py150_postprocess(reference.strip())
+    if a == b:
+        return 100.0 if a else 0.0
+    if not a or not b:
+        return 0.0
+    return float(round(100 * SequenceMatcher(None, a, b).ratio()))
+
+
+def _ngrams(tokens: list[str], n: int) -> list[str]:
+    return [" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def _sari_ngram(source: list[str], prediction: list[str], references: list[list[str]]) -> tuple[float, float, float]:
+    """Keep F1, deletion precision and addition F1 for one n-gram order."""
+    copies = len(references)
+    reference_counts: Counter[str] = Counter(g for grams in references for g in grams)
+    source_counts = Counter({g: c * copies for g, c in Counter(source).items()})
+    prediction_counts = Counter({g: c * copies for g, c in Counter(prediction).items()})
+
+    kept = source_counts & prediction_counts
+    kept_good = kept & reference_counts
+    kept_all = source_counts & reference_counts
+    keep_precision = sum(kept_good[g] / kept[g] for g in kept_good) / len(kept) if kept else 1.0
+    keep_recall = sum(kept_good.values()) / sum(kept_all.values()) if kept_all else 1.0
+
+    deleted = source_counts - prediction_counts
+    deleted_good = deleted - reference_counts
+    delete_precision = sum(deleted_good[g] / deleted[g] for g in deleted_good) / len(deleted) if deleted else 1.0
+
+    added = set(prediction_counts) - set(source_counts)
+    added_good = added & set(reference_counts)
+    added_all = set(reference_counts) - set(source_counts)
+    add_precision = len(added_good) / len(added) if added else 1.0
+    add_recall = len(added_good) / len(added_all) if added_all else 1.0
+    return _f1(keep_precision, keep_recall), delete_precision, _f1(add_precision, add_recall)
+
+
+def sari_score(source: str, prediction: str, references: Sequence[str]) -> float:
+    """SARI of one example against its references, 0–100 (see the module docstring)."""
+    if not references:
+        raise ValueError("SARI needs at least one reference per example")
+
+    def tokens(text: str) -> list[str]:
+        return tokenize_13a(text.lower()).split(" ")
+
+    s, c, refs = tokens(source), tokens(prediction), [tokens(r) for r in references]
+    keep = delete = add = 0.0
+    for n in range(1, 5):
+        k, d, a = _sari_ngram(_ngrams(s, n), _ngrams(c, n), [_ngrams(r, n) for r in refs])
+        keep, delete, add = keep + k, delete + d, add + a
+    return 100.0 * (keep + delete + add) / 12
+
+
+# ------------------------------------------------------------------------------------------- public API
+
+PairScorer = Callable[[str, str], float]
+
+#: The pairwise scorers, by metric name; ``sari`` is separate because it needs the source.
+PAIR_SCORERS: dict[str, PairScorer] = {
+    "accuracy": accuracy_score,
+    "exact_match": exact_match_score,
+    "rouge_l": rouge_l_score,
+    "edit_similarity": edit_similarity_score,
+}
+#: Every metric name, in the order of :data:`moram.data.text.TEXT_METRICS`.
+METRICS: tuple[str, ...] = (*PAIR_SCORERS, "sari")
+
+
+def _as_list(reference: Reference) -> list[str]:
+    return [reference] if isinstance(reference, str) else list(reference)
+
+
+def example_scores(
+    metric: str,
+    predictions: Sequence[str],
+    references: Sequence[Reference],
+    sources: Sequence[str] | None = None,
+) -> list[float]:
+    """One score in [0, 100] per example.
+
+    Args:
+        metric: One of :data:`METRICS`.
+        predictions: Generated texts.
+        references: One reference string, or a list of them, per prediction.
+        sources: The source text per prediction; required by ``sari``, ignored otherwise.
+
+    Returns:
+        The scores, in the order of ``predictions``.
+
+    Raises:
+        ValueError: Unknown metric (the message lists the valid ones), lengths that differ, ``sari``
+            without sources, or an example with an empty list of references.
+
+    Example:
+        >>> example_scores("rouge_l", ["the cat sat"], [["a dog", "the cat sat down"]])
+        [85.71428571428571]
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown text metric {metric!r}; valid metrics: {list(METRICS)}")
+    if len(predictions) != len(references):
+        raise ValueError(f"{metric}: {len(predictions)} predictions but {len(references)} references")
+    reference_lists = [_as_list(r) for r in references]
+    empty = [i for i, r in enumerate(reference_lists) if not r]
+    if empty:
+        raise ValueError(f"{metric}: example {empty[0]} has an empty list of references")
+    if metric == "sari":
+        if sources is None:
+            raise ValueError("sari needs the source of every example (sources=...); TRACE uses the prompt")
+        if len(sources) != len(predictions):
+            raise ValueError(f"sari: {len(predictions)} predictions but {len(sources)} sources")
+        return [sari_score(s, p, r) for s, p, r in zip(sources, predictions, reference_lists, strict=True)]
+    scorer = PAIR_SCORERS[metric]
+    return [max(scorer(p, r) for r in refs) for p, refs in zip(predictions, reference_lists, strict=True)]
+
+
+def corpus_score(
+    metric: str,
+    predictions: Sequence[str],
+    references: Sequence[Reference],
+    sources: Sequence[str] | None = None,
+) -> float:
+    """The mean of :func:`example_scores` (0–100); raises ``ValueError`` when there are no examples.
+
+    Example:
+        >>> corpus_score("edit_similarity", ["return x", "pass"], ["return x", "return y"])
+        50.0
+    """
+    scores = example_scores(metric, predictions, references, sources)
+    if not scores:
+        raise ValueError(f"{metric}: no examples to score")
+    return sum(scores) / len(scores)
