@@ -111,7 +111,8 @@ def encode_causal_prompts(tokenizer: Any, prompts: Sequence[str], max_length: in
     for p in rows:
         head = 1 if p and bos is not None and p[0] == bos else 0
         cut.append(_fit(p, [], max_length, head)[0])
-    return {"input_ids": _pad(cut, pad_id(tokenizer), left=True), "attention_mask": _pad([[1] * len(r) for r in cut], 0, left=True)}
+    mask = _pad([[1] * len(r) for r in cut], 0, left=True)
+    return {"input_ids": _pad(cut, pad_id(tokenizer), left=True), "attention_mask": mask}
 
 
 def encode_seq2seq(

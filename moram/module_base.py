@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from torch import Tensor
 
 from moram.atoms.config import AtomConfig
 from moram.atoms.inject import current_atom_parameters, routed_layers
@@ -54,6 +55,7 @@ class ContinualModule(LightningModule):
     warmup_steps: int
     steps_per_task: int | None
     _trains: bool = True
+    _pending_rng: dict[str, Tensor] | None = None
 
     # ------------------------------------------------------------------ construction
     def configure_model(self) -> None:
@@ -102,6 +104,26 @@ class ContinualModule(LightningModule):
             cost = adapter_cost(self.backbone, num_tasks=int(self.atoms.max_tasks or 1))
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             (Path(log_dir) / "adapter_cost.json").write_text(json.dumps(cost, indent=1) + "\n")
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the global RNG state: atom dropout draws from it, and Lightning does not restore it."""
+        state: dict[str, Tensor] = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        checkpoint["moram_rng"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Take the RNG state saved with the checkpoint; it is set at the first training batch that follows."""
+        self._pending_rng = checkpoint.get("moram_rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Set the RNG state of a resumed run, so it draws the dropout masks the uninterrupted run drew."""
+        state, self._pending_rng = self._pending_rng, None
+        if state:
+            torch.set_rng_state(state["cpu"])
+            if "cuda" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda"], self.device)
 
     # ------------------------------------------------------------------ task bookkeeping
     @property

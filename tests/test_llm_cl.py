@@ -212,3 +212,37 @@ def test_bad_inputs_name_the_option(tmp_path):
     stream = TaskStreamDataModule(_FixedSource([TextTask("t", data, data)]), shots=2)
     with pytest.raises(ValueError, match="data.shots"):
         stream.tasks  # noqa: B018
+
+
+def test_bf16_mixed_precision_trains_the_atoms(tmp_path):
+    cli, log_dir = _run(tmp_path, "--trainer.precision", "bf16-mixed", "--data.source.tasks", '["rotate"]')
+    layers = cli.model.atom_layers()
+    assert all(layer.bank.current_values.dtype == torch.float32 for _, layer in layers)  # fp32 master weights
+    assert any(layer.bank.current_values.abs().sum() > 0 for _, layer in layers)  # and they trained
+    assert (log_dir / "continual_metrics.json").exists()
+
+
+def test_a_baseline_method_runs_on_a_language_model(tmp_path):
+    cli, log_dir = _run(tmp_path, "--model.method", "moram.baselines.SequentialLoRA", "--model.method.rank", "2")
+    assert cli.model.atom_layers() == []
+    layers = cli.model.continual_layers()
+    assert len(layers) == 8  # q, k, v, o of two blocks, the atoms' default targets
+    assert len(json.loads((log_dir / "continual_metrics.json").read_text())["matrix"]) == 2
+
+
+def test_resume_mid_task_with_atom_dropout_is_exact(tmp_path):
+    # Atom dropout (the paper's 0.1) draws from the global RNG; its state travels in the checkpoint.
+    dropout = ("--model.atoms.dropout", "0.1")
+    full_cli, full_dir = _run(tmp_path / "full", *dropout)
+    ckpt_dir = tmp_path / "ckpt"
+    _run(tmp_path / "part", *dropout, "--trainer.max_steps", "4",
+         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath",
+         str(ckpt_dir), "--trainer.callbacks.every_n_train_steps", "4", "--trainer.callbacks.save_top_k", "-1")
+    ckpt = next(ckpt_dir.glob("*.ckpt"))  # step 4: inside the second task
+    resumed_cli, resumed_dir = _run(tmp_path / "resumed", *dropout, "--ckpt_path", str(ckpt))
+    full = json.loads((full_dir / "continual_metrics.json").read_text())
+    resumed = json.loads((resumed_dir / "continual_metrics.json").read_text())
+    assert resumed["matrix"] == full["matrix"]
+    for (_, a), (_, b) in zip(full_cli.model.atom_layers(), resumed_cli.model.atom_layers(), strict=True):
+        for name in ("frozen_keys", "frozen_values", "current_keys", "current_values"):
+            assert torch.equal(getattr(a.bank, name), getattr(b.bank, name)), name
