@@ -42,8 +42,8 @@ class AtomLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.base(x)
-        delta = self.bank(x)
-        return y if delta is None else y + delta.to(y.dtype)
+        out = self.bank(x, acc=y)  # y plus the atoms' contribution, the addition fused where possible
+        return y if out is None else out
 
     # Delegations that code written for the plain layer expects (dtype checks, weight tying).
     @property
