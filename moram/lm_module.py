@@ -117,6 +117,9 @@ class LMContinualModule(ContinualModule):
             )
         else:
             self.adapted = prepare_lm(model, self.atoms, include_mlp=self.include_mlp)
+        # from_pretrained returns the model in eval mode and Lightning keeps each module's mode: train
+        # like transformers' own Trainer does (the backbone's dropout, if any, on while training)
+        model.train()
         self.model, self.tokenizer = model, tokenizer
 
     @property

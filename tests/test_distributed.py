@@ -164,6 +164,7 @@ def lm_fit_in_subprocess(root: Path, *extra: str) -> dict:
         "fit", "--config", str(ROOT / "configs" / "llm_cl.yaml"),
         "--model.model", "null", "--model.config", json.dumps(LM_CONFIG), "--model.tokenizer", "char",
         "--model.max_new_tokens", "6", "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
+        "--model.atoms.dropout", "0.0",  # dropout masks are drawn per rank: not comparable across world sizes
         "--data.source.tasks", '["rotate", "decrement"]', "--data.source.train_size", "32",
         "--data.source.test_size", "6", "--data.source.max_len", "5", "--data.eval_batch_size", "2",
         "--data.steps_per_task", "3", "--data.batch_size", "4",
