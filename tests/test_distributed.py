@@ -180,12 +180,20 @@ def lm_fit_in_subprocess(root: Path, *extra: str) -> dict:
     return json.loads(next(root.rglob("continual_metrics.json")).read_text())
 
 
-def test_language_model_trains_alike_in_one_and_two_processes(tmp_path):
+@pytest.fixture(scope="module")
+def lm_single(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm_single")
+    return root, lm_fit_in_subprocess(root)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_language_model_trains_alike_in_one_and_two_processes(tmp_path, lm_single, strategy):
     # Answers differ in length, so each rank's share of a batch holds a different number of answer
     # tokens; the loss divides by the global count, so two processes follow the one-process gradient.
-    ref = lm_fit_in_subprocess(tmp_path / "one")
-    two = lm_fit_in_subprocess(tmp_path / "two", "--config", str(STRATEGIES / "ddp.yaml"), "--trainer.devices", "2")
-    one_atoms, two_atoms = load_atoms(tmp_path / "one", "end", 0), load_atoms(tmp_path / "two", "end", 0)
+    one_root, ref = lm_single
+    two = lm_fit_in_subprocess(tmp_path / "two", "--config", str(STRATEGIES / f"{strategy}.yaml"),
+                               "--trainer.devices", "2")
+    one_atoms, two_atoms = load_atoms(one_root, "end", 0), load_atoms(tmp_path / "two", "end", 0)
     assert one_atoms.keys() == two_atoms.keys()
     for key, value in one_atoms.items():
         torch.testing.assert_close(two_atoms[key], value, rtol=0, atol=1e-5, msg=key)
