@@ -25,14 +25,17 @@ FROZEN_PREFIX = "text.transformer."  # the pretrained MiniLM: comes from gt-all-
 _REBUILD = "rebuild them with `moram fit --config configs/pretrain_tiny_clip.yaml` or reinstall moram"
 
 
-def card_sha256(card: str | Path) -> str:
-    """The SHA-256 recorded in a tiny-CLIP model card (the ``| SHA-256 | `<hex>` |`` row)."""
+def card_sha256(card: str | Path, rebuild: str = _REBUILD) -> str:
+    """The SHA-256 recorded in a shipped model card (the ``| SHA-256 | `<hex>` |`` row).
+
+    ``rebuild`` (how to make the weights again) ends the error messages.
+    """
     card = Path(card)
     if not card.is_file():
-        raise FileNotFoundError(f"model card {card} is missing; it holds the checksum of the weights: {_REBUILD}")
+        raise FileNotFoundError(f"model card {card} is missing; it holds the checksum of the weights: {rebuild}")
     match = re.search(r"SHA-256\W+([0-9a-f]{64})\b", card.read_text())
     if match is None:
-        raise ValueError(f"model card {card} has no 'SHA-256' row with a 64-hex-digit checksum; {_REBUILD}")
+        raise ValueError(f"model card {card} has no 'SHA-256' row with a 64-hex-digit checksum; {rebuild}")
     return match.group(1)
 
 

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import re
 import string
 from pathlib import Path
 from typing import Any
@@ -120,14 +119,10 @@ def tiny_lm_path() -> Path:
 
 
 def card_sha256(card: str | Path) -> str:
-    """The SHA-256 recorded in a model card (the ``| SHA-256 | `<hex>` |`` row)."""
-    card = Path(card)
-    if not card.is_file():
-        raise FileNotFoundError(f"model card {card} is missing; it holds the checksum of the weights: {_REBUILD}")
-    match = re.search(r"SHA-256\W+([0-9a-f]{64})\b", card.read_text())
-    if match is None:
-        raise ValueError(f"model card {card} has no 'SHA-256' row with a 64-hex-digit checksum; {_REBUILD}")
-    return match.group(1)
+    """The SHA-256 recorded in the tiny LLaMA's model card (the ``| SHA-256 | `<hex>` |`` row)."""
+    from moram.backbones.tiny_clip import card_sha256 as read_card
+
+    return read_card(card, rebuild=_REBUILD)
 
 
 def load_tiny_lm(path: str | Path | None = None, check: bool = True) -> tuple[Any, Any]:
