@@ -109,8 +109,7 @@ class LMContinualModule(ContinualModule):
             self.model_source, self.config_source, self.tokenizer_source, self.dtype_name, self.trust_remote_code
         )
         if self.method is not None:
-            if self.atoms.max_tasks is None:
-                raise ValueError("model.atoms.max_tasks is null: set it (baselines size their experts from it)")
+            assert self.atoms.max_tasks is not None  # configure_model resolved it from the stream
             targets = self.atoms.targets or default_lm_targets(model, self.include_mlp)
             self.adapted = self.method.inject(
                 model, list(targets), max_tasks=self.atoms.max_tasks, seed=self.atoms.seed
@@ -133,18 +132,19 @@ class LMContinualModule(ContinualModule):
         return bool(getattr(self.lm.config, "is_encoder_decoder", False))
 
     # ------------------------------------------------------------------ training
+    def _on_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
     def answer_loss(self, prompts: list[str], answers: list[str]) -> tuple[Tensor, Tensor]:
         """Summed cross-entropy over the answer tokens of a batch, and the number of those tokens."""
         if self.is_seq2seq:
-            enc = encode_seq2seq(self.tokenizer, prompts, answers, self.max_length)
-            enc = {k: v.to(self.device) for k, v in enc.items()}
+            enc = self._on_device(encode_seq2seq(self.tokenizer, prompts, answers, self.max_length))
             labels = enc.pop("labels")
             decoder_inputs = self.lm.prepare_decoder_input_ids_from_labels(labels=labels)
             logits = self.lm(**enc, decoder_input_ids=decoder_inputs).logits
             targets = labels
         else:
-            enc = encode_causal(self.tokenizer, prompts, answers, self.max_length)
-            enc = {k: v.to(self.device) for k, v in enc.items()}
+            enc = self._on_device(encode_causal(self.tokenizer, prompts, answers, self.max_length))
             labels = enc.pop("labels")
             logits = self.lm(**enc).logits[:, :-1]
             targets = labels[:, 1:]
@@ -176,12 +176,10 @@ class LMContinualModule(ContinualModule):
             "pad_token_id": pad, "eos_token_id": self.tokenizer.eos_token_id,
         }
         if self.is_seq2seq:
-            enc = encode_seq2seq(self.tokenizer, prompts, None, self.max_length)
-            enc = {k: v.to(self.device) for k, v in enc.items()}
+            enc = self._on_device(encode_seq2seq(self.tokenizer, prompts, None, self.max_length))
             out = self.lm.generate(**enc, **settings)
             return decode_answers(self.tokenizer, out)
-        enc = encode_causal_prompts(self.tokenizer, prompts, max(self.max_length - budget, 1))
-        enc = {k: v.to(self.device) for k, v in enc.items()}
+        enc = self._on_device(encode_causal_prompts(self.tokenizer, prompts, max(self.max_length - budget, 1)))
         out = self.lm.generate(**enc, **settings)
         return decode_answers(self.tokenizer, out[:, enc["input_ids"].shape[1] :])
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Callback
+from test_clip_cl import fit_args
+from test_llm_cl import lm_args
 
 from moram import routed_layers
 from moram.atoms.bank import _full
@@ -56,20 +58,16 @@ class RankAtoms(Callback):
         torch.save(tensors, self.out / f"{tag}.rank{trainer.global_rank}.pt")
 
 
-def run_args(root: Path, tiny: Path, *extra: str) -> list[str]:
+def recording_args(root: Path) -> list[str]:
+    """A CSV logger and :class:`RankAtoms` writing under ``root``."""
     return [
-        "fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"),
-        "--model.model_config", str(tiny), "--model.pretrained", "null",
-        "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
-        "--data.source", "moram.data.synthetic.SyntheticTasks",
-        "--data.source.num_tasks", "2", "--data.source.image_size", "16", "--data.source.samples_per_class", "8",
-        "--data.steps_per_task", "3", "--data.batch_size", "4",
-        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", "--trainer.logger.class_path", "CSVLogger",
-        "--trainer.logger.init_args.save_dir", str(root),
+        "--trainer.logger.class_path", "CSVLogger", "--trainer.logger.init_args.save_dir", str(root),
         "--trainer.callbacks+=test_distributed.RankAtoms", "--trainer.callbacks.out", str(root / "atoms"),
-        *extra,
     ]
+
+
+def run_args(root: Path, tiny: Path, *extra: str) -> list[str]:
+    return [*fit_args(root, tiny), *recording_args(root), *extra]
 
 
 def subprocess_env() -> dict[str, str]:
@@ -80,8 +78,14 @@ def subprocess_env() -> dict[str, str]:
 
 
 def fit_in_subprocess(root: Path, tiny: Path, *extra: str, timeout: float = 240) -> dict:
-    """Run ``moram fit`` in a fresh process; returns the accuracy matrix it wrote."""
-    cmd = [sys.executable, "-m", "moram.cli", *run_args(root, tiny, *extra)]
+    """Run ``moram fit`` of the tiny CLIP in a fresh process; returns the accuracy matrix it wrote."""
+    return moram_in_subprocess(root, run_args(root, tiny, *extra), timeout)
+
+
+def moram_in_subprocess(root: Path, args: list[str], timeout: float = 240) -> dict:
+    """Run ``moram ARGS`` in a fresh process in ``root``; returns the accuracy matrix it wrote."""
+    root.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "moram.cli", *args]
     proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, cwd=root)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return json.loads(next(root.rglob("continual_metrics.json")).read_text())
@@ -152,32 +156,14 @@ def test_externally_launched_ranks_all_exit_cleanly(tmp_path, single):
     assert matrix["matrix"] == ref_matrix["matrix"]
 
 
-LM_CONFIG = {
-    "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-    "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 64, "max_position_embeddings": 64,
-}
-
-
 def lm_fit_in_subprocess(root: Path, *extra: str) -> dict:
-    root.mkdir(parents=True, exist_ok=True)
-    args = [
-        "fit", "--config", str(ROOT / "configs" / "llm_cl.yaml"),
-        "--model.model", "null", "--model.config", json.dumps(LM_CONFIG), "--model.tokenizer", "char",
-        "--model.max_new_tokens", "6", "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
+    args = lm_args(
+        root, "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
         "--model.atoms.dropout", "0.0",  # dropout masks are drawn per rank: not comparable across world sizes
-        "--data.source.tasks", '["rotate", "decrement"]', "--data.source.train_size", "32",
-        "--data.source.test_size", "6", "--data.source.max_len", "5", "--data.eval_batch_size", "2",
-        "--data.steps_per_task", "3", "--data.batch_size", "4",
-        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", "--trainer.logger.class_path", "CSVLogger",
-        "--trainer.logger.init_args.save_dir", str(root),
-        "--trainer.callbacks+=test_distributed.RankAtoms", "--trainer.callbacks.out", str(root / "atoms"),
-        *extra,
-    ]
-    proc = subprocess.run([sys.executable, "-m", "moram.cli", *args], env=subprocess_env(), capture_output=True,
-                          text=True, timeout=240, cwd=root)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return json.loads(next(root.rglob("continual_metrics.json")).read_text())
+        "--data.source.train_size", "32", "--data.source.max_len", "5", "--data.eval_batch_size", "2",
+        *recording_args(root), *extra,
+    )
+    return moram_in_subprocess(root, args)
 
 
 @pytest.fixture(scope="module")

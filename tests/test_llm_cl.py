@@ -136,8 +136,9 @@ def test_generation_scoring_matches_reference_greedy_answers(tmp_path):
     assert module.generate(prompts, 4) == greedy
 
 
-def _run(tmp_path, *extra, subcommand="fit"):
-    args = [
+def lm_args(tmp_path, *extra, subcommand="fit"):
+    """``moram`` arguments: the LLM default config shrunk to a tiny LLaMA and two short tasks."""
+    return [
         subcommand, "--config", str(ROOT / "configs" / "llm_cl.yaml"),
         "--model.model", "null", "--model.config", json.dumps(CONFIGS["llama"]), "--model.tokenizer", "char",
         "--model.max_new_tokens", "6",
@@ -147,7 +148,10 @@ def _run(tmp_path, *extra, subcommand="fit"):
         "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", *extra,
     ]
-    cli = main(args)
+
+
+def _run(tmp_path, *extra, subcommand="fit"):
+    cli = main(lm_args(tmp_path, *extra, subcommand=subcommand))
     return cli, Path(cli.trainer.log_dir)
 
 

@@ -144,7 +144,7 @@ class TaskLoader:
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
             pin_memory=self.pin_memory,
-            generator=_loader_generator(),  # the iterator's base seed must not come from the global RNG
+            generator=loader_generator(),  # the iterator's base seed must not come from the global RNG
         )
         for batch in loader:
             self.consumed += 1
@@ -202,7 +202,7 @@ class ContiguousShardSampler(DistributedSampler):
         return self.hi - self.lo
 
 
-def _loader_generator() -> torch.Generator:
+def loader_generator() -> torch.Generator:
     """A fixed-seed generator for a DataLoader's base seed (worker seeds).
 
     Without one, every ``iter(DataLoader)`` draws from the global RNG, so a resumed run (which creates

@@ -19,7 +19,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from moram.data.sampler import ContiguousShardSampler, TaskBatchSampler, TaskLoader, _loader_generator, mix_seed
+from moram.data.sampler import ContiguousShardSampler, TaskBatchSampler, TaskLoader, loader_generator, mix_seed
 from moram.data.tasks import Task, TaskSource, check_tasks
 
 SHOTS_FILE = "shot_indices.json"
@@ -206,7 +206,7 @@ class TaskStreamDataModule(LightningDataModule):
                 batch_size=self.eval_batch_size,
                 sampler=ContiguousShardSampler(len(task.test), rank, world),  # type: ignore[arg-type]
                 num_workers=self.num_workers,
-                generator=_loader_generator(),  # not the global RNG (see moram.data.sampler)
+                generator=loader_generator(),  # not the global RNG (see moram.data.sampler)
             )
             for task in self.tasks
         ]

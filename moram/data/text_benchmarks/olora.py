@@ -164,6 +164,13 @@ class OLoRATasks:
         return TextDataset(subsample(examples, limit, self.seed, f"{name}/{path.stem}"), origin=str(path))
 
 
+def _ordered(orders: dict[int, list[str]], order: int) -> list[str]:
+    """The datasets of ``order``; an unknown order names ``data.source.order`` and the valid ones."""
+    if order not in orders:
+        raise ValueError(f"data.source.order must be one of {sorted(orders)}, got {order!r}")
+    return orders[order]
+
+
 class StandardCLTasks(OLoRATasks):
     r"""The standard CL benchmark as O-LoRA runs it: AG News, Amazon, DBpedia and Yahoo in order 1, 2 or 3.
 
@@ -192,10 +199,8 @@ class StandardCLTasks(OLoRATasks):
         task_prefix: bool = True,
         max_new_tokens: int | None = None,
     ) -> None:
-        if order not in STANDARD_ORDERS:
-            raise ValueError(f"data.source.order must be one of {sorted(STANDARD_ORDERS)}, got {order!r}")
         self.order = order
-        super().__init__(STANDARD_ORDERS[order], root, max_train, max_test, seed, task_prefix, max_new_tokens)
+        super().__init__(_ordered(STANDARD_ORDERS, order), root, max_train, max_test, seed, task_prefix, max_new_tokens)
 
 
 class LongSequenceTasks(OLoRATasks):
@@ -226,7 +231,5 @@ class LongSequenceTasks(OLoRATasks):
         task_prefix: bool = True,
         max_new_tokens: int | None = None,
     ) -> None:
-        if order not in LONG_ORDERS:
-            raise ValueError(f"data.source.order must be one of {sorted(LONG_ORDERS)}, got {order!r}")
         self.order = order
-        super().__init__(LONG_ORDERS[order], root, max_train, max_test, seed, task_prefix, max_new_tokens)
+        super().__init__(_ordered(LONG_ORDERS, order), root, max_train, max_test, seed, task_prefix, max_new_tokens)
