@@ -10,7 +10,7 @@ reference, and whether every rank holds bit-identical atoms. Exits 1 when a chec
 
 Strategies (the fragments in configs/strategy/): ``ddp`` (DDPStrategy, no unused-parameter search,
 no buffer broadcast), ``fsdp`` (Lightning's FSDPStrategy = FSDP1, one unit per
-``ResidualAttentionBlock``; CUDA only), ``fsdp2`` (moram.distributed.FSDP2Strategy = fully_shard).
+``ResidualAttentionBlock``; CUDA only), ``fsdp2`` (moram.strategies.FSDP2Strategy = fully_shard).
 The global batch (``--batch-size``, default 2 per GPU) must be divisible by the number of GPUs.
 ``--accelerator cpu`` dry-runs ``ddp`` and ``fsdp2`` on CPU processes (gloo) to check the plumbing.
 Needs: CUDA, open_clip; no network. Precision is fp32 with TF32 off, so differences are rounding

@@ -1,9 +1,13 @@
 """Multi-process helpers: FSDP2 shard units for atom models, the global batch, and a clean exit.
 
+Imports torch only (Lightning's strategy subclass lives in :mod:`moram.strategies`). Sharded reads
+and writes go through :func:`full_value` and :func:`assign_full`, so layers and callbacks never touch
+``DTensor`` themselves.
+
 Data parallelism (DDP, FSDP2) in moram rests on three facts (DESIGN.md §3-4):
 
 * every rank holds the same frozen atoms: consolidation is deterministic and reads sharded
-  Parameters with ``full_tensor()`` (:func:`moram.atoms.bank._full`), so nothing is broadcast;
+  Parameters with ``full_tensor()`` (:func:`full_value`), so nothing is broadcast;
 * ``data.batch_size`` is the *global* batch, split evenly across ranks
   (:class:`moram.data.sampler.TaskBatchSampler`);
 * a loss that couples the samples of a batch (CLIP's text→image term) is computed on the gathered
@@ -27,36 +31,41 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
-from typing_extensions import override
 
 
-class FSDP2Strategy(ModelParallelStrategy):
-    """Lightning's ``ModelParallelStrategy`` with pure data parallelism as its default.
+def full_value(t: Tensor) -> Tensor:
+    """The full value of a possibly sharded (FSDP2 ``DTensor``) tensor; a collective when sharded.
 
-    ``ModelParallelStrategy`` defaults to tensor parallelism inside a node (``tensor_parallel_size``
-    = devices per node); moram shards with ``fully_shard`` over all ranks instead, so the defaults
-    here are ``data_parallel_size`` = world size and ``tensor_parallel_size`` = 1. The module
-    applies ``fully_shard`` in ``configure_model`` (:func:`shard_atom_model`). Runs on CPU (gloo)
-    and GPU (nccl).
-
-    Args:
-        save_distributed_checkpoint: write checkpoints as a folder of shards (one file per rank)
-            rather than one full file from rank 0.
-        process_group_backend: ``gloo`` / ``nccl``; None picks by device.
+    Every rank must call it, in the same order. A plain tensor is returned as is.
     """
+    full_tensor = getattr(t, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else t
 
-    def __init__(self, save_distributed_checkpoint: bool = True, process_group_backend: str | None = None) -> None:
-        super().__init__(
-            save_distributed_checkpoint=save_distributed_checkpoint, process_group_backend=process_group_backend
-        )
 
-    @override
-    def setup_environment(self) -> None:
-        self._data_parallel_size = self.num_nodes * self.num_processes
-        self._tensor_parallel_size = 1
-        super().setup_environment()
+def assign_full(param: Tensor, full: Tensor) -> None:
+    """Copy the full tensor ``full`` into ``param`` in place, sharding it first when ``param`` is a DTensor.
+
+    ``param.data = ...`` is silently ignored by FSDP2, and ``nn.init`` on a sharded Parameter draws the
+    same rows on every rank (DESIGN.md §4), so re-initialising goes through a full tensor drawn once.
+    """
+    mesh = getattr(param, "device_mesh", None)
+    if mesh is not None:
+        from torch.distributed.tensor import distribute_tensor
+
+        full = distribute_tensor(full.to(param.device, param.dtype), mesh, param.placements)  # type: ignore[attr-defined]
+    with torch.no_grad():
+        param.copy_(full.to(device=param.device, dtype=param.dtype) if mesh is None else full)
+
+
+def __getattr__(name: str) -> Any:
+    # FSDP2Strategy needs Lightning; it lives in moram.strategies so this module stays importable
+    # with torch alone (the atom bank uses the helpers above). The old path keeps working in YAML.
+    if name == "FSDP2Strategy":
+        from moram.strategies import FSDP2Strategy
+
+        return FSDP2Strategy
+    raise AttributeError(f"module 'moram.distributed' has no attribute {name!r}")
 
 
 def data_parallel_mesh(mesh: Any) -> Any:
@@ -69,7 +78,7 @@ def data_parallel_mesh(mesh: Any) -> Any:
     if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
         raise ValueError(
             f"moram shards over data only, but the device mesh has tensor_parallel size "
-            f"{mesh['tensor_parallel'].size()}; use trainer.strategy moram.distributed.FSDP2Strategy "
+            f"{mesh['tensor_parallel'].size()}; use trainer.strategy moram.strategies.FSDP2Strategy "
             "(configs/strategy/fsdp2.yaml), or ModelParallelStrategy with tensor_parallel_size=1 and "
             "data_parallel_size = number of processes"
         )
