@@ -51,8 +51,7 @@ class RankAtoms(Callback):
 
     def on_fit_end(self, trainer, pl_module):
         from moram import routed_layers
-        from moram.atoms.bank import _full
-        from moram.distributed import full_parameters
+        from moram.distributed import full_parameters, full_value
 
         tensors = {}
         with full_parameters(pl_module):  # FSDP1: gathers the flat parameters; FSDP2: DTensors below
@@ -61,8 +60,8 @@ class RankAtoms(Callback):
                 n = bank.num_frozen_atoms
                 tensors[f"{name}.frozen_keys"] = bank.frozen_keys[:n].detach().cpu().clone()
                 tensors[f"{name}.frozen_values"] = bank.frozen_values[:n].detach().cpu().clone()
-                tensors[f"{name}.current_keys"] = _full(bank.current_keys).detach().cpu().clone()
-                tensors[f"{name}.current_values"] = _full(bank.current_values).detach().cpu().clone()
+                tensors[f"{name}.current_keys"] = full_value(bank.current_keys).detach().cpu().clone()
+                tensors[f"{name}.current_values"] = full_value(bank.current_values).detach().cpu().clone()
         self.out.mkdir(parents=True, exist_ok=True)
         torch.save(tensors, self.out / f"rank{trainer.global_rank}.pt")
 

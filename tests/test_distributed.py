@@ -20,7 +20,7 @@ from test_clip_cl import fit_args
 from test_llm_cl import lm_args
 
 from moram import routed_layers
-from moram.atoms.bank import _full
+from moram.distributed import full_value
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ROOT / "configs" / "strategy"
@@ -52,8 +52,8 @@ class RankAtoms(Callback):
             tensors[f"{name}.frozen_keys"] = bank.frozen_keys[:n].clone()
             tensors[f"{name}.frozen_values"] = bank.frozen_values[:n].clone()
             if current:  # full_tensor() under FSDP2: a collective, same order on every rank
-                tensors[f"{name}.current_keys"] = _full(bank.current_keys).detach().clone()
-                tensors[f"{name}.current_values"] = _full(bank.current_values).detach().clone()
+                tensors[f"{name}.current_keys"] = full_value(bank.current_keys).detach().clone()
+                tensors[f"{name}.current_values"] = full_value(bank.current_values).detach().clone()
         self.out.mkdir(parents=True, exist_ok=True)
         torch.save(tensors, self.out / f"{tag}.rank{trainer.global_rank}.pt")
 

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from moram.atoms.bank import AtomBank, AtomStateError, _assign, _full
+from moram.atoms.bank import AtomBank, AtomStateError
 from moram.atoms.config import AtomConfig
 from moram.atoms.inject import inject_atoms, routed_layers
+from moram.distributed import assign_full, full_value
 
 WEIGHTS_NAME = "atoms.safetensors"
 CONFIG_NAME = "atoms.json"
@@ -46,8 +47,8 @@ def save_atoms(model: nn.Module, directory: str | Path, config: AtomConfig) -> P
         n = bank.num_frozen_atoms
         tensors[f"{name}.frozen_keys"] = bank.frozen_keys[:n]
         tensors[f"{name}.frozen_values"] = bank.frozen_values[:n]
-        tensors[f"{name}.current_keys"] = _full(bank.current_keys)
-        tensors[f"{name}.current_values"] = _full(bank.current_values)
+        tensors[f"{name}.current_keys"] = full_value(bank.current_keys)
+        tensors[f"{name}.current_values"] = full_value(bank.current_values)
         meta[name] = {
             "in_features": bank.in_features,
             "out_features": bank.out_features,
@@ -126,8 +127,8 @@ def load_atoms(model: nn.Module, directory: str | Path) -> list[str]:
             bank.frozen_values.zero_()
             bank.frozen_keys[:n].copy_(tensors[f"{name}.frozen_keys"])
             bank.frozen_values[:n].copy_(tensors[f"{name}.frozen_values"])
-            _assign(bank.current_keys, tensors[f"{name}.current_keys"])
-            _assign(bank.current_values, tensors[f"{name}.current_values"])
+            assign_full(bank.current_keys, tensors[f"{name}.current_keys"])
+            assign_full(bank.current_values, tensors[f"{name}.current_values"])
             bank.num_frozen.fill_(n)
             bank.current_live.fill_(bool(info["current_live"]))
         bank._sync_mirrors()

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from moram.atoms.bank import _assign, _full
 from moram.atoms.inject import _layer_widths, _select, layer_seed
+from moram.distributed import assign_full, full_value
 
 LayerFactory = Callable[[nn.Module, int, int, int], nn.Module]
 """``(base, in_features, out_features, seed) -> adapted layer``."""
@@ -140,8 +140,8 @@ class ExpertStoreLinear(AdapterLinear):
 
     @torch.no_grad()
     def reset_current(self) -> None:
-        _assign(self.current_keys, self._kaiming(self.rank, self._tasks_done))
-        _assign(self.current_values, torch.zeros(self.rank, self.out_features))
+        assign_full(self.current_keys, self._kaiming(self.rank, self._tasks_done))
+        assign_full(self.current_values, torch.zeros(self.rank, self.out_features))
         self._live = False
         self.current_live.fill_(False)
 
@@ -150,8 +150,8 @@ class ExpertStoreLinear(AdapterLinear):
         """Freeze the current expert into the next slot and start a fresh one."""
         n = self._tasks_done
         self._advance()
-        self.frozen_keys[n].copy_(_full(self.current_keys))
-        self.frozen_values[n].copy_(_full(self.current_values))
+        self.frozen_keys[n].copy_(full_value(self.current_keys))
+        self.frozen_values[n].copy_(full_value(self.current_values))
         self.reset_current()
 
     def _uses_current(self) -> bool:

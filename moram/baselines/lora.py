@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moram.accounting import LayerCost
-from moram.atoms.bank import _assign
 from moram.baselines.base import AdapterLinear
+from moram.distributed import assign_full
 
 
 class LoRALinear(AdapterLinear):
@@ -37,7 +37,7 @@ class LoRALinear(AdapterLinear):
         kw = self.factory_kwargs
         self.keys = nn.Parameter(torch.zeros(rank, in_features, **kw))
         self.values = nn.Parameter(torch.zeros(rank, out_features, **kw))
-        _assign(self.keys, self._kaiming(rank, 0))
+        assign_full(self.keys, self._kaiming(rank, 0))
 
     def delta(self, x: Tensor) -> Tensor:
         h = x.to(self.keys.dtype)

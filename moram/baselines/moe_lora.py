@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moram.accounting import LayerCost
-from moram.atoms.bank import _assign
 from moram.baselines.base import ExpertStoreLinear
+from moram.distributed import assign_full
 
 
 class MoELoRALinear(ExpertStoreLinear):
@@ -39,7 +39,7 @@ class MoELoRALinear(ExpertStoreLinear):
         super().__init__(base, in_features, out_features, rank=rank, max_tasks=max_tasks, scale=scale, seed=seed)
         self.top_k = top_k
         self.router = nn.Parameter(torch.zeros(max_tasks, in_features, **self.factory_kwargs))
-        _assign(self.router, self._kaiming(max_tasks, -1))
+        assign_full(self.router, self._kaiming(max_tasks, -1))
 
     def gate(self, x: Tensor, use_current: bool = True) -> Tensor:
         """Gate ``(..., E)``: softmax over the top-k router logits of the existing experts, 0 elsewhere."""
