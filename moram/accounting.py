@@ -14,6 +14,8 @@ definition, not a profile of the implementation:
 
 Example:
     >>> from torch import nn
+
+from moram.protocols import continual_layers
     >>> from moram.atoms import AtomConfig, inject_atoms
     >>> model = nn.Sequential(nn.Linear(4, 6))
     >>> _ = inject_atoms(model, AtomConfig(rank=2, top_k=2, max_tasks=3, targets=["0"]))
@@ -27,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
+
+from moram.protocols import continual_layers
 
 
 @dataclass(frozen=True)
@@ -46,10 +50,8 @@ def adapter_cost(model: nn.Module, num_tasks: int) -> dict[str, Any]:
     (one token through every adapted layer once) and ``flops_per_token_per_layer`` is its mean.
     A model without adapters (zero-shot) costs zero.
     """
-    from moram.protocols import find_continual_layers
-
     layers: dict[str, dict[str, int]] = {}
-    for name, layer in find_continual_layers(model):
+    for name, layer in continual_layers(model):
         cost_of = getattr(layer, "cost", None)
         if not callable(cost_of):
             raise TypeError(f"layer '{name}' ({type(layer).__name__}) has no cost(num_tasks) method to account it")

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from moram.adapters.method import AdapterMethod
 from moram.atoms.config import AtomConfig
-from moram.baselines.method import AdapterMethod
 from moram.distributed import gather_batch
 from moram.losses import clip_class_loss
 from moram.module_base import ContinualModule
