@@ -1,8 +1,8 @@
 """Multi-process helpers: FSDP2 shard units for atom models, the global batch, and a clean exit.
 
 Imports torch only (Lightning's strategy subclass, ``FSDP2Strategy``, lives in
-:mod:`moram.strategies`). Sharded reads and writes go through :func:`full_value` and :func:`assign_full`, so layers and callbacks never touch
-``DTensor`` themselves.
+:mod:`moram.strategies`). Sharded reads and writes go through :func:`full_value` and
+:func:`assign_full`, so layers and callbacks never touch ``DTensor`` themselves.
 
 Data parallelism (DDP, FSDP2) in moram rests on three facts (DESIGN.md §3-4):
 
