@@ -56,8 +56,8 @@ class TaskBoundaryCallback(Callback):
             return  # the module declares it adapts nothing (zero-shot): nothing to consolidate
         if not layers:
             raise ValueError(
-                f"TaskBoundaryCallback found no routed layers in {type(pl_module).__name__}; "
-                "inject atoms (moram.inject_atoms) before fitting"
+                f"TaskBoundaryCallback found no continual layers in {type(pl_module).__name__}; "
+                "inject a method (e.g. moram.inject_atoms) before fitting"
             )
         stream = getattr(trainer, "datamodule", None)
         if is_task_stream(stream):
@@ -94,7 +94,7 @@ class TaskBoundaryCallback(Callback):
             return
         done = {layer.task_index for _, layer in layers}
         if len(done) != 1:
-            raise RuntimeError(f"routed layers disagree on the task they are in: {sorted(done)}")
+            raise RuntimeError(f"continual layers disagree on the task they are in: {sorted(done)}")
         task, consolidated = self._task_index(trainer), done.pop()
         if consolidated >= task:
             return

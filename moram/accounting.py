@@ -1,6 +1,6 @@
 """Parameter and compute accounting of the adapters in a model, for every method.
 
-Each adapted layer reports a :class:`LayerCost` for a given number of tasks (its ``cost(num_tasks)``
+Each continual layer reports a :class:`LayerCost` for a given number of tasks (its ``cost(num_tasks)``
 method); :func:`adapter_cost` sums them over the model. The counts are the method's own
 definition, not a profile of the implementation:
 
@@ -35,7 +35,7 @@ from moram.protocols import continual_layers
 
 @dataclass(frozen=True)
 class LayerCost:
-    """The cost of one adapted layer (see the module docstring for the definitions)."""
+    """The cost of one continual layer (see the module docstring for the definitions)."""
 
     trainable_per_task: int
     stored: int
@@ -47,7 +47,7 @@ def adapter_cost(model: nn.Module, num_tasks: int) -> dict[str, Any]:
 
     Returns ``{"num_tasks", "num_layers", "trainable_per_task", "stored", "flops_per_token",
     "flops_per_token_per_layer", "layers": {name: {...}}}``; ``flops_per_token`` sums the layers
-    (one token through every adapted layer once) and ``flops_per_token_per_layer`` is its mean.
+    (one token through every continual layer once) and ``flops_per_token_per_layer`` is its mean.
     A model without adapters (zero-shot) costs zero.
     """
     layers: dict[str, dict[str, int]] = {}

@@ -2,7 +2,7 @@
 
 Vocabulary (used the same way everywhere in moram):
 
-* a **continual layer** (:class:`ContinualLayer`) is any adapted layer that changes task by task:
+* a **continual layer** (:class:`ContinualLayer`) is any adapter layer that changes task by task:
   MoRAM's ``AtomLinear`` and every baseline layer. A task-boundary callback drives it through
   ``task_index``, ``max_tasks``, ``consolidate()`` and ``current_parameters()``; reading and writing
   sharded Parameters is the layer's own business, so the callback needs nothing else;
@@ -52,7 +52,7 @@ def clean_name(name: str) -> str:
 
 @runtime_checkable
 class ContinualLayer(Protocol):
-    """An adapted layer a task-boundary callback can drive."""
+    """A layer a task-boundary callback can drive."""
 
     @property
     def task_index(self) -> int:

@@ -108,7 +108,7 @@ def current_atom_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def consolidate_atoms(model: nn.Module) -> None:
-    """Consolidate every atom layer of ``model`` (end of a task); an error names the layer."""
+    """Consolidate every MoRAM layer (``AtomLinear``) of ``model`` (end of a task); an error names the layer."""
     for name, layer in atom_layers(model):
         try:
             layer.consolidate()

@@ -1,4 +1,4 @@
-"""Sequential LoRA: one rank-r LoRA per adapted layer, trained through every task, never frozen.
+"""Sequential LoRA: one rank-r LoRA per target layer, trained through every task, never frozen.
 
 ``y = base(x) + scale · B A x`` with ``A`` = ``lora_A`` (r, d_in) Kaiming-uniform and ``B`` = ``lora_B``
 (d_out, r) zero at the start. Task boundaries only count the task (the callback still resets Adam's
