@@ -76,7 +76,7 @@ def route_shares(model: torch.nn.Module, tokenizer, tasks, rank: int) -> list[li
         pos = torch.zeros_like(labels, dtype=torch.bool)
         pos[:, :-1] = labels[:, 1:] != -100
         seen: list[torch.Tensor] = []
-        handles = [layer.bank.register_route_hook(seen.append) for layer in layers]
+        handles = [layer.register_route_hook(seen.append) for layer in layers]
         with torch.no_grad():
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         for h in handles:

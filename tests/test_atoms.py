@@ -1,4 +1,4 @@
-"""The atom bank against the formula of DESIGN.md §1, its lifecycle, and its state."""
+"""The atom bank's lifecycle and state (its numbers against the formula: tests/test_routing.py)."""
 
 from __future__ import annotations
 
@@ -10,23 +10,7 @@ from torch import nn
 
 from moram import AtomConfig, AtomLinear, AtomStateError, consolidate_atoms, inject_atoms, routed_layers
 from moram.atoms.bank import AtomBank
-
-
-def reference(x, base, keys, values, *, top_k, tau, delta, scale, training, signed=True):
-    """DESIGN.md §1 written token by token, as plainly as possible."""
-    outs = []
-    for token in x.reshape(-1, x.shape[-1]):
-        p = keys @ token  # (N,)
-        s = p / (torch.linalg.vector_norm(p) + AtomBank.eps)
-        score = s if signed else s.abs()
-        k = min(max(top_k, 2), len(p))
-        top = torch.argsort(score, descending=True)[:k]
-        w = torch.zeros_like(p)
-        w[top] = torch.softmax(score[top] / tau, dim=0)
-        if not training and delta is not None:
-            w = w * (score >= delta)
-        outs.append(base(token) + scale * (values.T @ (w * p)))
-    return torch.stack(outs).reshape(*x.shape[:-1], -1)
+from moram.atoms.routing import reference_delta
 
 
 def make_layer(d_in=12, d_out=7, dtype=torch.float64, **cfg):
@@ -49,55 +33,6 @@ def fill(layer: AtomLinear, gen: torch.Generator, tasks: int) -> None:
         bank.current_values.normal_(generator=gen)
 
 
-CASES = [
-    dict(rank=3, top_k=2, temperature=0.5, threshold=0.2, scale=1.0),
-    dict(rank=4, top_k=5, temperature=0.01, threshold=None, scale=2.0),
-    dict(rank=2, top_k=1, temperature=1.0, threshold=-0.1, scale=0.5),  # k is raised to 2
-    dict(rank=3, top_k=100, temperature=0.1, threshold=0.3, scale=1.5),  # k capped at N
-    dict(rank=3, top_k=4, temperature=0.2, threshold=0.1, scale=1.0, signed_scores=False),
-]
-
-
-@pytest.mark.parametrize("cfg", CASES)
-@pytest.mark.parametrize("training", [True, False])
-def test_routed_output_and_gradients_match_reference(cfg, training):
-    layer = make_layer(max_tasks=4, **cfg)
-    gen = torch.Generator().manual_seed(1)
-    fill(layer, gen, tasks=2)
-    layer.train()
-    layer(torch.randn(1, 12, dtype=torch.float64))  # a training step makes the current atoms live
-    layer.train(training)
-    x = torch.randn(2, 5, 12, dtype=torch.float64, generator=gen, requires_grad=True)
-    out = layer(x)
-    keys = layer.keys.detach().clone().requires_grad_(True)
-    values = layer.values.detach().clone().requires_grad_(True)
-    x_ref = x.detach().clone().requires_grad_(True)
-    ref = reference(
-        x_ref, layer.base, keys, values, top_k=cfg["top_k"], tau=cfg["temperature"], delta=cfg["threshold"],
-        scale=cfg["scale"], training=training, signed=cfg.get("signed_scores", True),
-    )
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    grad_out = torch.randn_like(out)
-    out.backward(grad_out)
-    ref.backward(grad_out)
-    r = layer.bank.rank
-    torch.testing.assert_close(layer.bank.current_keys.grad, keys.grad[-r:], rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(layer.bank.current_values.grad, values.grad[-r:], rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-9, atol=1e-10)
-    assert keys.grad[:-r].abs().sum() > 0  # frozen atoms do receive gradient in the reference ...
-    assert not layer.bank.frozen_keys.requires_grad  # ... but are buffers, out of the optimizer's reach
-
-
-def test_float32_matches_reference():
-    layer = make_layer(dtype=torch.float32, rank=4, top_k=4, max_tasks=3)
-    fill(layer, torch.Generator().manual_seed(2), tasks=1)
-    layer.train()
-    x = torch.randn(8, 12)
-    ref = reference(x, layer.base, layer.keys.detach(), layer.values.detach(), top_k=4, tau=0.01, delta=0.2,
-                    scale=1.0, training=True)
-    torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-6)
-
-
 def test_fresh_layer_is_a_no_op_and_untrained_atoms_never_route():
     layer = make_layer(rank=3, top_k=3, max_tasks=3)
     x = torch.randn(4, 12, dtype=torch.float64)
@@ -111,8 +46,10 @@ def test_fresh_layer_is_a_no_op_and_untrained_atoms_never_route():
     # After consolidation the fresh current atoms (random keys, zero values) exist but, untrained,
     # take no part in routing at inference: output equals the frozen-only formula.
     assert not layer.bank.current_in_use
-    frozen_only = reference(x, layer.base, layer.bank.frozen_keys[:3], layer.bank.frozen_values[:3], top_k=3,
-                            tau=0.01, delta=0.2, scale=1.0, training=False)
+    frozen_only = layer.base(x) + reference_delta(
+        x, layer.bank.frozen_keys[:3], layer.bank.frozen_values[:3], top_k=3, temperature=0.01, eps=AtomBank.eps,
+        threshold=0.2, scale=1.0,
+    )
     torch.testing.assert_close(layer(x), frozen_only, rtol=1e-10, atol=1e-10)
     layer.train()
     layer(x)  # the first training forward brings them in

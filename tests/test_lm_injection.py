@@ -13,6 +13,7 @@ from torch import nn
 
 from moram import AtomConfig, consolidate_atoms, routed_layers
 from moram.atoms.bank import AtomBank
+from moram.atoms.routing import reference_delta
 from moram.backbones.lm import default_lm_targets, prepare_lm
 
 transformers = pytest.importorskip("transformers")
@@ -203,14 +204,10 @@ def test_consolidated_atoms_are_immune_to_training(kind):
 
 def routed_by_hand(x, keys, values, cfg: AtomConfig, training: bool) -> torch.Tensor:
     """DESIGN.md §1 from a layer's keys (N, d_in) and values (N, d_out)."""
-    p = x @ keys.T  # (..., N)
-    s = p / (p.norm(dim=-1, keepdim=True) + AtomBank.eps)
-    top_s, top = s.topk(min(max(cfg.top_k, 2), keys.shape[0]), dim=-1)  # (..., k)
-    w = torch.softmax(top_s / cfg.temperature, dim=-1)
-    if not training and cfg.threshold is not None:
-        w = w * (top_s >= cfg.threshold)
-    coef = torch.zeros_like(p).scatter(-1, top, w * p.gather(-1, top))  # (..., N)
-    return cfg.scale * coef @ values  # (..., d_out)
+    return reference_delta(
+        x, keys, values, top_k=cfg.top_k, temperature=cfg.temperature, eps=AtomBank.eps,
+        threshold=None if training else cfg.threshold, scale=cfg.scale, signed=cfg.signed_scores,
+    )
 
 
 @pytest.mark.parametrize("name", ["transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_proj"])

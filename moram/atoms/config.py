@@ -29,6 +29,8 @@ class AtomConfig:
             None uses the backbone's default target set.
         seed: Seed of the atom initialisation; each layer and task draws from its own generator.
         signed_scores: Select the top-k atoms by signed score (the paper); False selects by absolute score.
+        reference: Compute every routed layer with the dense reference formula of moram.atoms.routing instead
+            of the fast kernels (slow; for checking a suspected kernel). Same numbers up to rounding.
 
     Example:
         >>> AtomConfig(rank=4, max_tasks=3).capacity
@@ -47,6 +49,7 @@ class AtomConfig:
     targets: list[str] | None = None
     seed: int = 0
     signed_scores: bool = True
+    reference: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -87,11 +90,6 @@ class AtomConfig:
                 "(with a task stream, moram's LightningModules take it from data)"
             )
         return self.max_tasks * self.rank
-
-    @classmethod
-    def clip(cls, **overrides: Any) -> AtomConfig:
-        """The paper's CLIP (X-TAIL) settings: r = k = 16, tau 0.01, delta 0.2, scale 1, no dropout."""
-        return cls(**overrides)
 
     @classmethod
     def llm(cls, **overrides: Any) -> AtomConfig:

@@ -48,9 +48,8 @@ from typing import Any
 
 from torch import nn
 
-from moram.adapters.method import AdapterMethod
 from moram.atoms.config import AtomConfig
-from moram.atoms.inject import adapt
+from moram.atoms.inject import inject_atoms
 
 _QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
 _GATED_MLP = ["gate_proj", "up_proj", "down_proj"]
@@ -122,16 +121,14 @@ def default_lm_targets(model: nn.Module, include_mlp: bool = False) -> list[str]
     return [*attention, *mlp]
 
 
-def prepare_lm(
-    model: nn.Module, atom_config: AtomConfig, include_mlp: bool = False, method: AdapterMethod | None = None
-) -> list[str]:
-    """Inject atoms (or ``method``'s layers) into a transformers model: ``atom_config.targets``, else the defaults.
+def prepare_lm(model: nn.Module, atom_config: AtomConfig, include_mlp: bool = False) -> list[str]:
+    """Inject atoms into a transformers model: ``atom_config.targets`` if set, else the defaults.
 
     ``include_mlp`` only applies to the defaults. Returns the adapted module names (see
-    :func:`moram.atoms.inject.adapt`).
+    :func:`moram.atoms.inject_atoms`).
     """
     targets = atom_config.targets if atom_config.targets else default_lm_targets(model, include_mlp)
-    return adapt(model, atom_config, targets, method)
+    return inject_atoms(model, atom_config, targets=targets)
 
 
 # ---------------------------------------------------------------------------- loading
