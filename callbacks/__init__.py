@@ -1,1 +1,21 @@
-"""Lightning callbacks for continual learning with atom banks (installed as ``moram.callbacks``)."""
+"""Lightning callbacks for continual learning (installed as ``moram.callbacks``).
+
+They depend only on Lightning, torch and :mod:`moram.protocols`, never on moram's LightningModules,
+so they work in any project whose model has continual layers::
+
+    from moram.callbacks import AtomUsageCallback, ContinualMetricsCallback, TaskBoundaryCallback
+
+or in YAML, ``class_path: moram.callbacks.TaskBoundaryCallback``.
+"""
+
+from moram.callbacks.atom_usage import AtomUsageCallback
+from moram.callbacks.continual_metrics import ContinualMetricsCallback
+from moram.callbacks.task_boundary import TaskBoundaryCallback, reset_atom_optimizer_state, restart_lr_schedules
+
+__all__ = [
+    "AtomUsageCallback",
+    "ContinualMetricsCallback",
+    "TaskBoundaryCallback",
+    "reset_atom_optimizer_state",
+    "restart_lr_schedules",
+]

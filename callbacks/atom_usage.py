@@ -39,7 +39,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from typing_extensions import override
 
-from moram.protocols import find_routed_layers, is_task_stream
+from moram.protocols import is_task_stream, routed_layers
 
 
 def routing_matrix(weight: Tensor, units_per_task: int, num_born: int | None = None) -> Tensor:
@@ -124,10 +124,16 @@ class AtomUsageCallback(Callback):
         """Hook every routed layer of ``model``; ``num_eval`` is the number of evaluated tasks."""
         self.stop()
         self._stats = {}
-        for name, layer in find_routed_layers(model):
+        for name, layer in routed_layers(model):
             stats = _LayerStats(num_eval, layer.route_capacity, layer.units_per_task)
             self._stats[name] = stats
-            self._handles.append(layer.register_route_hook(lambda w, s=stats: s.add(self._task, w)))
+            self._handles.append(layer.register_route_hook(self._recorder(stats)))
+
+    def _recorder(self, stats: _LayerStats) -> Any:
+        def record(w: Tensor) -> None:
+            stats.add(self._task, w)
+
+        return record
 
     def stop(self) -> None:
         """Remove the hooks."""

@@ -12,6 +12,7 @@ and identical on every rank.
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -19,18 +20,18 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from moram.atoms.inject import clean_name
-from moram.distributed import full_parameters
-from moram.protocols import ContinualHost, find_continual_layers, is_task_stream
+from moram.protocols import ContinualHost, ShardedHost, continual_layers, is_routed_layer, is_task_stream
 
 
 class TaskBoundaryCallback(Callback):
     """Consolidate atoms, reset their optimizer state and restart the LR schedule at task boundaries.
 
-    Works with any LightningModule that has routed layers (``AtomLinear``) or other continual layers
-    (:class:`moram.protocols.ContinualLayer`, e.g. the baselines of :mod:`moram.baselines`), ours or
-    not; it talks to the model only through :func:`moram.protocols.find_continual_layers`. A
-    :class:`~moram.protocols.ContinualHost` that lists no layers (zero-shot) is left alone.
+    Works with any LightningModule that has continual layers (:class:`moram.protocols.ContinualLayer`:
+    MoRAM's ``AtomLinear``, the baselines of :mod:`moram.baselines`, a layer of your own), ours or
+    not; it talks to the model only through :mod:`moram.protocols`. A
+    :class:`~moram.protocols.ContinualHost` that lists no layers (zero-shot) is left alone. Layers
+    read and write their own sharded (FSDP2) Parameters; a module whose Parameters must be gathered
+    first (FSDP1) says so by being a :class:`~moram.protocols.ShardedHost`.
 
     Args:
         reset_optimizer_state: zero the optimizer state (e.g. Adam's step, exp_avg, exp_avg_sq) of the
@@ -50,13 +51,13 @@ class TaskBoundaryCallback(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Checked here, not in setup(): models built in configure_model() exist only after setup.
-        layers = find_continual_layers(pl_module)
+        layers = continual_layers(pl_module)
         if not layers and isinstance(pl_module, ContinualHost):
             return  # the module declares it adapts nothing (zero-shot): nothing to consolidate
         if not layers:
             raise ValueError(
-                f"TaskBoundaryCallback found no routed layers in {type(pl_module).__name__}; "
-                "inject atoms (moram.inject_atoms) before fitting"
+                f"TaskBoundaryCallback found no continual layers in {type(pl_module).__name__}; "
+                "inject a method (e.g. moram.inject_atoms) before fitting"
             )
         stream = getattr(trainer, "datamodule", None)
         if is_task_stream(stream):
@@ -88,16 +89,17 @@ class TaskBoundaryCallback(Callback):
         return task
 
     def _cross_boundaries(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        layers = find_continual_layers(pl_module)
+        layers = continual_layers(pl_module)
         if not layers:
             return
         done = {layer.task_index for _, layer in layers}
         if len(done) != 1:
-            raise RuntimeError(f"routed layers disagree on the task they are in: {sorted(done)}")
+            raise RuntimeError(f"continual layers disagree on the task they are in: {sorted(done)}")
         task, consolidated = self._task_index(trainer), done.pop()
         if consolidated >= task:
             return
-        with full_parameters(pl_module):  # sharded current atoms are read and re-drawn in full
+        gathered = pl_module.full_parameters() if isinstance(pl_module, ShardedHost) else nullcontext()
+        with gathered:  # FSDP1's flat parameters are gathered; FSDP2 layers read their DTensors themselves
             while consolidated < task:
                 for _, layer in layers:
                     layer.consolidate()
@@ -107,11 +109,13 @@ class TaskBoundaryCallback(Callback):
         if self.restart_lr_schedule:
             restart_lr_schedules(trainer)
         self.boundary_steps.append(trainer.global_step)
-        bank = getattr(layers[0][1], "bank", None)
-        held = f"hold {bank.num_frozen_atoms} frozen atoms each" if bank is not None else f"consolidated {task} tasks"
+        first = layers[0][1]
+        held = f"consolidated {task} tasks"
+        if is_routed_layer(first):
+            held += f", {task * first.units_per_task} frozen units each"  # type: ignore[attr-defined]
         rank_zero_info(
-            f"moram: task {task + 1} starts at step {trainer.global_step}: {len(layers)} adapted layers {held} "
-            f"({clean_name(layers[0][0])} ...)"
+            f"moram: task {task + 1} starts at step {trainer.global_step}: {len(layers)} continual layers {held} "
+            f"({layers[0][0]} ...)"
         )
 
     @override
@@ -125,7 +129,7 @@ class TaskBoundaryCallback(Callback):
 
 def reset_atom_optimizer_state(trainer: Trainer, pl_module: LightningModule) -> int:
     """Zero, in place, every optimizer state tensor of the current atoms; returns how many were reset."""
-    layers = find_continual_layers(pl_module)
+    layers = continual_layers(pl_module)
     params = {id(p) for _, layer in layers for p in layer.current_parameters()}
     count = 0
     for optimizer in trainer.optimizers:

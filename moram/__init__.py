@@ -4,33 +4,42 @@
 where they are used.
 """
 
+from moram.adapters import AdapterMethod, ContinualLinear, inject_layers
 from moram.atoms import (
     AtomBank,
     AtomConfig,
     AtomLinear,
     AtomStateError,
+    MoRAM,
     atom_banks,
+    atom_layers,
     consolidate_atoms,
     current_atom_parameters,
     inject_atoms,
     load_atoms,
     register_atom_layer,
-    routed_layers,
     save_atoms,
 )
+from moram.protocols import continual_layers, routed_layers
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterMethod",
     "AtomBank",
     "AtomConfig",
     "AtomLinear",
     "AtomStateError",
+    "ContinualLinear",
+    "MoRAM",
     "__version__",
     "atom_banks",
+    "atom_layers",
     "consolidate_atoms",
+    "continual_layers",
     "current_atom_parameters",
     "inject_atoms",
+    "inject_layers",
     "load_atoms",
     "register_atom_layer",
     "routed_layers",

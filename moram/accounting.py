@@ -1,6 +1,6 @@
 """Parameter and compute accounting of the adapters in a model, for every method.
 
-Each adapted layer reports a :class:`LayerCost` for a given number of tasks (its ``cost(num_tasks)``
+Each continual layer reports a :class:`LayerCost` for a given number of tasks (its ``cost(num_tasks)``
 method); :func:`adapter_cost` sums them over the model. The counts are the method's own
 definition, not a profile of the implementation:
 
@@ -14,6 +14,8 @@ definition, not a profile of the implementation:
 
 Example:
     >>> from torch import nn
+
+from moram.protocols import continual_layers
     >>> from moram.atoms import AtomConfig, inject_atoms
     >>> model = nn.Sequential(nn.Linear(4, 6))
     >>> _ = inject_atoms(model, AtomConfig(rank=2, top_k=2, max_tasks=3, targets=["0"]))
@@ -28,10 +30,12 @@ from typing import Any
 
 from torch import nn
 
+from moram.protocols import continual_layers
+
 
 @dataclass(frozen=True)
 class LayerCost:
-    """The cost of one adapted layer (see the module docstring for the definitions)."""
+    """The cost of one continual layer (see the module docstring for the definitions)."""
 
     trainable_per_task: int
     stored: int
@@ -43,13 +47,11 @@ def adapter_cost(model: nn.Module, num_tasks: int) -> dict[str, Any]:
 
     Returns ``{"num_tasks", "num_layers", "trainable_per_task", "stored", "flops_per_token",
     "flops_per_token_per_layer", "layers": {name: {...}}}``; ``flops_per_token`` sums the layers
-    (one token through every adapted layer once) and ``flops_per_token_per_layer`` is its mean.
+    (one token through every continual layer once) and ``flops_per_token_per_layer`` is its mean.
     A model without adapters (zero-shot) costs zero.
     """
-    from moram.protocols import find_continual_layers
-
     layers: dict[str, dict[str, int]] = {}
-    for name, layer in find_continual_layers(model):
+    for name, layer in continual_layers(model):
         cost_of = getattr(layer, "cost", None)
         if not callable(cost_of):
             raise TypeError(f"layer '{name}' ({type(layer).__name__}) has no cost(num_tasks) method to account it")

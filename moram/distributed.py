@@ -1,8 +1,8 @@
 """Multi-process helpers: FSDP2 shard units for atom models, the global batch, and a clean exit.
 
-Imports torch only (Lightning's strategy subclass lives in :mod:`moram.strategies`). Sharded reads
-and writes go through :func:`full_value` and :func:`assign_full`, so layers and callbacks never touch
-``DTensor`` themselves.
+Imports torch only (Lightning's strategy subclass, ``FSDP2Strategy``, lives in
+:mod:`moram.strategies`). Sharded reads and writes go through :func:`full_value` and
+:func:`assign_full`, so layers and callbacks never touch ``DTensor`` themselves.
 
 Data parallelism (DDP, FSDP2) in moram rests on three facts (DESIGN.md §3-4):
 
@@ -56,16 +56,6 @@ def assign_full(param: Tensor, full: Tensor) -> None:
         full = distribute_tensor(full.to(param.device, param.dtype), mesh, param.placements)  # type: ignore[attr-defined]
     with torch.no_grad():
         param.copy_(full.to(device=param.device, dtype=param.dtype) if mesh is None else full)
-
-
-def __getattr__(name: str) -> Any:
-    # FSDP2Strategy needs Lightning; it lives in moram.strategies so this module stays importable
-    # with torch alone (the atom bank uses the helpers above). The old path keeps working in YAML.
-    if name == "FSDP2Strategy":
-        from moram.strategies import FSDP2Strategy
-
-        return FSDP2Strategy
-    raise AttributeError(f"module 'moram.distributed' has no attribute {name!r}")
 
 
 def data_parallel_mesh(mesh: Any) -> Any:

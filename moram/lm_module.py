@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from moram.adapters.method import AdapterMethod
 from moram.atoms.config import AtomConfig
-from moram.baselines.method import AdapterMethod
 from moram.lm_batch import IGNORE, decode_answers, encode_causal, encode_causal_prompts, encode_seq2seq
 from moram.module_base import ContinualModule
 from moram.protocols import score_key
@@ -103,19 +103,12 @@ class LMContinualModule(ContinualModule):
 
     # ------------------------------------------------------------------ construction
     def _build_model(self) -> None:
-        from moram.backbones.lm import default_lm_targets, load_lm, prepare_lm
+        from moram.backbones.lm import load_lm, prepare_lm
 
         model, tokenizer = load_lm(
             self.model_source, self.config_source, self.tokenizer_source, self.dtype_name, self.trust_remote_code
         )
-        if self.method is not None:
-            assert self.atoms.max_tasks is not None  # configure_model resolved it from the stream
-            targets = self.atoms.targets or default_lm_targets(model, self.include_mlp)
-            self.adapted = self.method.inject(
-                model, list(targets), max_tasks=self.atoms.max_tasks, seed=self.atoms.seed
-            )
-        else:
-            self.adapted = prepare_lm(model, self.atoms, include_mlp=self.include_mlp)
+        self.adapted = prepare_lm(model, self.atoms, include_mlp=self.include_mlp, method=self.method)
         # from_pretrained returns the model in eval mode and Lightning keeps each module's mode: train
         # like transformers' own Trainer does (the backbone's dropout, if any, on while training)
         model.train()

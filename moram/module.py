@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from moram.adapters.method import AdapterMethod
 from moram.atoms.config import AtomConfig
-from moram.baselines.method import AdapterMethod
 from moram.distributed import gather_batch
 from moram.losses import clip_class_loss
 from moram.module_base import ContinualModule
 from moram.protocols import score_key
 
-Protocol = Literal["task_aware", "task_agnostic"]
+EvalProtocol = Literal["task_aware", "task_agnostic"]
 AGNOSTIC_PREFIX = "eval/agnostic/"
 AWARE_PREFIX = "eval/aware/"
 
@@ -60,7 +60,7 @@ class CLIPContinualModule(ContinualModule):
         method: AdapterMethod | None = None,
         towers: list[str] | None = None,
         layers: list[str] | None = None,
-        protocol: Protocol = "task_aware",
+        protocol: EvalProtocol = "task_aware",
         lr: float = 5e-4,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),

@@ -106,15 +106,33 @@ class ContinualModule(LightningModule):
             (Path(log_dir) / "adapter_cost.json").write_text(json.dumps(cost, indent=1) + "\n")
 
     # ------------------------------------------------------------------ checkpoints
+    @property
+    def strict_loading(self) -> bool:
+        """False: checkpoints hold no frozen backbone (:mod:`moram.checkpoint` checks the keys itself)."""
+        return False if self._strict_loading is None else bool(self._strict_loading)
+
+    @strict_loading.setter
+    def strict_loading(self, value: bool) -> None:
+        self._strict_loading = value
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the global RNG state: atom dropout draws from it, and Lightning does not restore it."""
+        """Drop the frozen backbone and fingerprint it (:mod:`moram.checkpoint`); keep the global RNG state.
+
+        The RNG state: atom dropout draws from it, and Lightning does not restore it.
+        """
+        from moram.checkpoint import strip_backbone
+
+        strip_backbone(self, checkpoint)
         state: dict[str, Tensor] = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         checkpoint["moram_rng"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Take the RNG state saved with the checkpoint; it is set at the first training batch that follows."""
+        """Refuse a checkpoint of another backbone or model; take its RNG state (set at the next training batch)."""
+        from moram.checkpoint import check_resume
+
+        check_resume(self, checkpoint, getattr(self._trainer, "ckpt_path", None) if self._trainer else None)
         self._pending_rng = checkpoint.get("moram_rng")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

@@ -1,29 +1,43 @@
-"""The small protocols callbacks rely on; they never depend on moram's LightningModules.
+"""What callbacks may use, and nothing else: a leaf module that imports nothing from moram.
 
-* :class:`AtomHost` — a module that can list its routed layers. Any module works without
-  implementing it: :func:`find_atom_layers` falls back to finding ``AtomLinear`` modules by type.
-* :class:`ContinualLayer` — any adapted layer that grows or changes per task (``AtomLinear``, the
-  baselines of :mod:`moram.baselines`): it consolidates at task boundaries and names its trainable
-  Parameters. :class:`ContinualHost` lists them; :func:`find_continual_layers` finds them either way.
-* :class:`RoutedLayer` — a layer that routes each token over units (atoms, experts) born task by
-  task and reports its routing weights to a hook (for ``AtomUsageCallback``).
-* :class:`TaskStream` — a DataModule (or anything) that knows the task sequence.
-* Scores: a LightningModule reports its score on task ``name`` (in percent, 0–100) by logging it
+Vocabulary (used the same way everywhere in moram):
+
+* a **continual layer** (:class:`ContinualLayer`) is any adapter layer that changes task by task:
+  MoRAM's ``AtomLinear`` and every baseline layer. A task-boundary callback drives it through
+  ``task_index``, ``max_tasks``, ``consolidate()`` and ``current_parameters()``; reading and writing
+  sharded Parameters is the layer's own business, so the callback needs nothing else;
+* a **routed layer** (:class:`RoutedLayer`) is a continual layer that routes every token over units
+  (atoms, experts) born ``units_per_task`` at a time, and reports its routing weights to a hook
+  (telemetry, ``AtomUsageCallback``);
+* a **task stream** (:class:`TaskStream`) knows the task sequence (a DataModule, usually);
+* a **score**: a LightningModule reports its score on task ``name`` (in percent, 0–100) by logging it
   under :func:`score_key` during validation; the continual-metrics callback reads it from there.
+
+Layers are found structurally (by the members of their class), never by importing a layer type, so
+a layer a user writes works with every callback. Names are given without the parts that wrappers add
+(DDP ``module``, ``torch.compile``'s ``_orig_mod``, FSDP1 and activation checkpointing).
+
+Example:
+    >>> from torch import nn
+    >>> continual_layers(nn.Sequential(nn.Linear(2, 2)))
+    []
+    >>> clean_name("module._orig_mod.visual.blocks.0.attn.q_proj")
+    'visual.blocks.0.attn.q_proj'
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from contextlib import AbstractContextManager
+from typing import Protocol, TypeGuard, runtime_checkable
 
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from moram.atoms.inject import routed_layers
-from moram.atoms.linear import AtomLinear
-
 SCORE_PREFIX = "eval/score/"
+
+WRAPPER_PARTS = ("_orig_mod", "module", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+"""Name parts added by ``torch.compile``, DDP, FSDP1 and activation checkpointing."""
 
 
 def score_key(task_name: str) -> str:
@@ -31,16 +45,14 @@ def score_key(task_name: str) -> str:
     return f"{SCORE_PREFIX}{task_name}"
 
 
-@runtime_checkable
-class AtomHost(Protocol):
-    """A module that lists its routed layers (name, layer), in a fixed order on every rank."""
-
-    def atom_layers(self) -> list[tuple[str, AtomLinear]]: ...
+def clean_name(name: str) -> str:
+    """Module name with wrapper parts (:data:`WRAPPER_PARTS`) removed."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_PARTS)
 
 
 @runtime_checkable
 class ContinualLayer(Protocol):
-    """An adapted layer a task-boundary callback can drive."""
+    """A layer a task-boundary callback can drive."""
 
     @property
     def task_index(self) -> int:
@@ -62,15 +74,8 @@ class ContinualLayer(Protocol):
 
 
 @runtime_checkable
-class ContinualHost(Protocol):
-    """A module that lists its continual layers (possibly none: a zero-shot model trains nothing)."""
-
-    def continual_layers(self) -> list[tuple[str, ContinualLayer]]: ...
-
-
-@runtime_checkable
-class RoutedLayer(Protocol):
-    """A layer routing every token over units born ``units_per_task`` at a time, in birth order."""
+class RoutedLayer(ContinualLayer, Protocol):
+    """A continual layer routing every token over units born ``units_per_task`` at a time, in birth order."""
 
     @property
     def units_per_task(self) -> int: ...
@@ -80,6 +85,22 @@ class RoutedLayer(Protocol):
 
     def register_route_hook(self, hook: Callable[[Tensor], None]) -> RemovableHandle:
         """Call ``hook(w)`` with the routing weights ``(..., N)`` over the routed units at every forward."""
+        ...
+
+
+@runtime_checkable
+class ContinualHost(Protocol):
+    """A module that lists its continual layers itself (possibly none: a zero-shot model trains nothing)."""
+
+    def continual_layers(self) -> list[tuple[str, ContinualLayer]]: ...
+
+
+@runtime_checkable
+class ShardedHost(Protocol):
+    """A module whose Parameters must be gathered before a layer can read or write them in full (FSDP1)."""
+
+    def full_parameters(self) -> AbstractContextManager[None]:
+        """A context inside which every Parameter is readable and writable in full."""
         ...
 
 
@@ -97,7 +118,11 @@ class TaskStream(Protocol):
     def current_task(self) -> int: ...
 
 
-def is_task_stream(obj: object) -> bool:
+_CONTINUAL = ("task_index", "max_tasks", "consolidate", "current_parameters")
+_ROUTED = ("units_per_task", "route_capacity", "register_route_hook")
+
+
+def is_task_stream(obj: object) -> TypeGuard[TaskStream]:
     """Whether ``obj`` has the :class:`TaskStream` attributes, checked on its class.
 
     ``isinstance(obj, TaskStream)`` would evaluate the properties (on Python 3.11), which may load
@@ -106,26 +131,21 @@ def is_task_stream(obj: object) -> bool:
     return all(hasattr(type(obj), name) for name in ("num_tasks", "task_names", "current_task"))
 
 
-def find_atom_layers(module: nn.Module) -> list[tuple[str, AtomLinear]]:
-    """The routed layers of ``module``: its own list if it is an :class:`AtomHost`, else found by type."""
-    if isinstance(module, AtomHost):
-        return module.atom_layers()
-    return routed_layers(module)
+def is_continual_layer(module: object) -> bool:
+    """Whether the class of ``module`` has the :class:`ContinualLayer` members (checked on the type)."""
+    return all(hasattr(type(module), name) for name in _CONTINUAL)
 
 
-def _is_continual_layer(module: nn.Module) -> bool:
-    kind = type(module)
-    return all(hasattr(kind, name) for name in ("task_index", "max_tasks", "consolidate", "current_parameters"))
+def is_routed_layer(module: object) -> bool:
+    """Whether the class of ``module`` has the :class:`RoutedLayer` members (checked on the type)."""
+    return is_continual_layer(module) and all(hasattr(type(module), name) for name in _ROUTED)
 
 
-def find_continual_layers(module: nn.Module) -> list[tuple[str, ContinualLayer]]:
-    """The continual layers of ``module``: its own list if it is a :class:`ContinualHost`, else found by type.
+def continual_layers(module: nn.Module) -> list[tuple[str, ContinualLayer]]:
+    """The continual layers of ``module`` in module order: its own list if it is a :class:`ContinualHost`.
 
-    Found by their class having the :class:`ContinualLayer` members (``AtomLinear`` and every
-    baseline layer); the insides of a found layer are not searched.
+    Otherwise found by type (:func:`is_continual_layer`); the insides of a found layer are not searched.
     """
-    from moram.atoms.inject import clean_name
-
     if isinstance(module, ContinualHost):
         return module.continual_layers()
     found: list[tuple[str, ContinualLayer]] = []
@@ -133,16 +153,12 @@ def find_continual_layers(module: nn.Module) -> list[tuple[str, ContinualLayer]]
     for name, m in module.named_modules():
         if any(not prefix or name.startswith(prefix + ".") for prefix in inside):
             continue
-        if _is_continual_layer(m):
+        if is_continual_layer(m):
             inside.append(name)
             found.append((clean_name(name), m))  # type: ignore[arg-type]
     return found
 
 
-def find_routed_layers(module: nn.Module) -> list[tuple[str, RoutedLayer]]:
-    """The continual layers of ``module`` that route tokens over units (:class:`RoutedLayer`)."""
-    return [
-        (name, layer)  # type: ignore[misc]
-        for name, layer in find_continual_layers(module)
-        if all(hasattr(type(layer), a) for a in ("units_per_task", "route_capacity", "register_route_hook"))
-    ]
+def routed_layers(module: nn.Module) -> list[tuple[str, RoutedLayer]]:
+    """The continual layers of ``module`` that route tokens over units (:class:`RoutedLayer`), in module order."""
+    return [(name, layer) for name, layer in continual_layers(module) if is_routed_layer(layer)]  # type: ignore[misc]

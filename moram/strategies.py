@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from lightning.pytorch.strategies import ModelParallelStrategy
 from typing_extensions import override
 
@@ -31,3 +34,30 @@ class FSDP2Strategy(ModelParallelStrategy):
         self._data_parallel_size = self.num_nodes * self.num_processes
         self._tensor_parallel_size = 1
         super().setup_environment()
+
+    @override
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Restore a sharded folder holding only the adapters (:mod:`moram.checkpoint`), else as Lightning does."""
+        import torch
+        from lightning.pytorch.strategies.model_parallel import _METADATA_FILENAME, _is_sharded_checkpoint
+        from torch.distributed.checkpoint import load
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        from moram.checkpoint import load_sharded_state
+
+        path = Path(self.broadcast(checkpoint_path))
+        if not _is_sharded_checkpoint(path):
+            return super().load_checkpoint(path, weights_only=weights_only)
+        module = self.lightning_module
+        assert module is not None
+        load_sharded_state(module, path)
+        for idx, optimizer in enumerate(self.optimizers):
+            state = {f"optimizer_{idx}": get_optimizer_state_dict(module, optimizer)}
+            load(state, checkpoint_id=path)
+            set_optimizer_state_dict(module, optimizer, optim_state_dict=state[f"optimizer_{idx}"],
+                                     options=StateDictOptions(cpu_offload=True))
+        return torch.load(path / _METADATA_FILENAME, weights_only=weights_only)

@@ -8,7 +8,7 @@ from torch import nn
 from moram import AtomConfig, inject_atoms
 from moram.accounting import adapter_cost
 from moram.baselines import MoELoRA, RankRExperts, SequentialLoRA, ZeroShot
-from moram.protocols import find_continual_layers
+from moram.protocols import continual_layers
 
 # Layers (d_in, d_out) = (4, 6) and (6, 3); r = 2; k = 2; T = max_tasks = 3.
 HAND = {
@@ -44,7 +44,7 @@ def test_accounting_equals_the_hand_count(method):
     # Trainable per task is what the optimizer gets; stored equals the adapter tensors at full capacity.
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert cost["trainable_per_task"] == trainable
-    adapter = sum(t.numel() for _, layer in find_continual_layers(model)
+    adapter = sum(t.numel() for _, layer in continual_layers(model)
                   for n, t in [*layer.named_parameters(), *layer.named_buffers()]
                   if not n.startswith("base.") and t.is_floating_point())
     assert cost["stored"] == adapter

@@ -23,7 +23,7 @@ def hand_built_layer():
     with torch.no_grad():
         bank.current_keys.copy_(E[:2])
         bank.current_values.normal_()
-        bank.consolidate()
+        layer.consolidate()
         bank.current_keys.copy_(E[2:])
         bank.current_values.normal_()
     layer.train()

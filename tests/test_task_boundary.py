@@ -136,5 +136,5 @@ def test_model_without_atoms_is_refused():
 
     trainer = pl.Trainer(max_epochs=1, callbacks=[TaskBoundaryCallback()], logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, accelerator="cpu")
-    with pytest.raises(ValueError, match="found no routed layers in NoAtoms"):
+    with pytest.raises(ValueError, match="found no continual layers in NoAtoms"):
         trainer.fit(NoAtoms(), datamodule=Stream())

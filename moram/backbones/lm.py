@@ -48,8 +48,9 @@ from typing import Any
 
 from torch import nn
 
+from moram.adapters.method import AdapterMethod
 from moram.atoms.config import AtomConfig
-from moram.atoms.inject import inject_atoms
+from moram.atoms.inject import adapt
 
 _QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
 _GATED_MLP = ["gate_proj", "up_proj", "down_proj"]
@@ -121,14 +122,16 @@ def default_lm_targets(model: nn.Module, include_mlp: bool = False) -> list[str]
     return [*attention, *mlp]
 
 
-def prepare_lm(model: nn.Module, atom_config: AtomConfig, include_mlp: bool = False) -> list[str]:
-    """Inject atoms into a transformers model: ``atom_config.targets`` if set, else the defaults.
+def prepare_lm(
+    model: nn.Module, atom_config: AtomConfig, include_mlp: bool = False, method: AdapterMethod | None = None
+) -> list[str]:
+    """Inject atoms (or ``method``'s layers) into a transformers model: ``atom_config.targets``, else the defaults.
 
     ``include_mlp`` only applies to the defaults. Returns the adapted module names (see
-    :func:`moram.atoms.inject_atoms`).
+    :func:`moram.atoms.inject.adapt`).
     """
     targets = atom_config.targets if atom_config.targets else default_lm_targets(model, include_mlp)
-    return inject_atoms(model, atom_config, targets=targets)
+    return adapt(model, atom_config, targets, method)
 
 
 # ---------------------------------------------------------------------------- loading

@@ -1,7 +1,8 @@
-"""Adaptation methods, chosen by ``model.method`` (a ``class_path``) of ``CLIPContinualModule``.
+"""The baseline methods, chosen by ``model.method`` (a ``class_path``) of moram's LightningModules.
 
-Every method injects its layers into the same targets the atoms would take and runs under the same
-protocol and callbacks; ``model.method: null`` (the default) is MoRAM with ``model.atoms``::
+Every method injects its layers (:class:`~moram.adapters.layer.ContinualLinear`) into the same
+targets through the same injector and runs under the same protocol and callbacks;
+``model.method: null`` (the default) is MoRAM (:class:`moram.atoms.MoRAM`) with ``model.atoms``::
 
     model:
       init_args:
@@ -18,25 +19,20 @@ delta off is ``threshold: null`` in the YAML, or ``--model.atoms.threshold -1`` 
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Sequence
 
 from torch import nn
 
-from moram.baselines.base import inject_adapters
+from moram.adapters.layer import ContinualLinear
+from moram.adapters.method import AdapterMethod
 
-
-class AdapterMethod:
-    """A way to adapt a frozen backbone for continual learning (subclass it and override :meth:`inject`)."""
-
-    def inject(self, model: nn.Module, targets: list[str], *, max_tasks: int, seed: int = 0) -> list[str]:
-        """Adapt the ``targets`` of ``model`` in place, freeze the rest; returns the adapted names."""
-        raise NotImplementedError
+__all__ = ["AdapterMethod", "MoELoRA", "RankRExperts", "SequentialLoRA", "ZeroShot"]
 
 
 class ZeroShot(AdapterMethod):
     """No adapter: the backbone as it is. Training steps do nothing; every row equals the zero-shot row."""
 
-    def inject(self, model: nn.Module, targets: list[str], *, max_tasks: int, seed: int = 0) -> list[str]:
+    def inject(self, model: nn.Module, targets: Sequence[str], *, max_tasks: int, seed: int = 0) -> list[str]:
         model.requires_grad_(False)
         return []
 
@@ -45,25 +41,28 @@ class SequentialLoRA(AdapterMethod):
     """One LoRA per target layer trained through all tasks (:class:`~moram.baselines.lora.LoRALinear`).
 
     Args:
-        rank: LoRA rank r.
-        scale: multiplier of the LoRA output (alpha / r).
+        rank: rank of the one LoRA (not per task: the same LoRA serves every task).
+        scale: multiplier of the LoRA output (alpha / rank).
     """
 
     def __init__(self, rank: int = 8, scale: float = 1.0) -> None:
         self.rank, self.scale = rank, scale
 
-    def inject(self, model: nn.Module, targets: list[str], *, max_tasks: int, seed: int = 0) -> list[str]:
+    def make_layer(
+        self, base: nn.Module, in_features: int, out_features: int, *, max_tasks: int, seed: int
+    ) -> ContinualLinear:
         from moram.baselines.lora import LoRALinear
 
-        make = partial(_make, LoRALinear, rank=self.rank, max_tasks=max_tasks, scale=self.scale)
-        return inject_adapters(model, targets, make, seed)
+        return LoRALinear(
+            base, in_features, out_features, rank=self.rank, max_tasks=max_tasks, scale=self.scale, seed=seed
+        )
 
 
 class MoELoRA(AdapterMethod):
     """Router + top-k gating over per-task LoRA experts (:class:`~moram.baselines.moe_lora.MoELoRALinear`).
 
     Args:
-        rank: rank r of each expert (one expert per task).
+        rank: rank of each task's LoRA expert (one expert per task).
         top_k: experts mixed per token (2: top-2 gating).
         scale: multiplier of the experts' output.
     """
@@ -71,18 +70,22 @@ class MoELoRA(AdapterMethod):
     def __init__(self, rank: int = 8, top_k: int = 2, scale: float = 1.0) -> None:
         self.rank, self.top_k, self.scale = rank, top_k, scale
 
-    def inject(self, model: nn.Module, targets: list[str], *, max_tasks: int, seed: int = 0) -> list[str]:
+    def make_layer(
+        self, base: nn.Module, in_features: int, out_features: int, *, max_tasks: int, seed: int
+    ) -> ContinualLinear:
         from moram.baselines.moe_lora import MoELoRALinear
 
-        make = partial(_make, MoELoRALinear, rank=self.rank, max_tasks=max_tasks, top_k=self.top_k, scale=self.scale)
-        return inject_adapters(model, targets, make, seed)
+        return MoELoRALinear(
+            base, in_features, out_features, rank=self.rank, max_tasks=max_tasks, top_k=self.top_k, scale=self.scale,
+            seed=seed,
+        )
 
 
 class RankRExperts(AdapterMethod):
     """MoRAM's self-activated routing over rank-r experts (:class:`~moram.baselines.experts.ExpertBankLinear`).
 
     Args:
-        rank: rank r of each expert (one expert per task).
+        rank: rank of each task's expert (one expert per task).
         top_k: experts selected per token, k = min(max(top_k, 2), E).
         temperature: softmax temperature tau of the normalised expert scores.
         threshold: inference-only gate delta on the normalised scores; null switches it off.
@@ -95,17 +98,12 @@ class RankRExperts(AdapterMethod):
     ) -> None:
         self.rank, self.top_k, self.temperature, self.threshold, self.scale = rank, top_k, temperature, threshold, scale
 
-    def inject(self, model: nn.Module, targets: list[str], *, max_tasks: int, seed: int = 0) -> list[str]:
+    def make_layer(
+        self, base: nn.Module, in_features: int, out_features: int, *, max_tasks: int, seed: int
+    ) -> ContinualLinear:
         from moram.baselines.experts import ExpertBankLinear
 
-        make = partial(
-            _make, ExpertBankLinear, rank=self.rank, max_tasks=max_tasks, top_k=self.top_k,
-            temperature=self.temperature, threshold=self.threshold, scale=self.scale,
+        return ExpertBankLinear(
+            base, in_features, out_features, rank=self.rank, max_tasks=max_tasks, top_k=self.top_k,
+            temperature=self.temperature, threshold=self.threshold, scale=self.scale, seed=seed,
         )
-        return inject_adapters(model, targets, make, seed)
-
-
-def _make(
-    kind: type[nn.Module], base: nn.Module, d_in: int, d_out: int, layer_seed: int, **kwargs: object
-) -> nn.Module:
-    return kind(base, d_in, d_out, seed=layer_seed, **kwargs)

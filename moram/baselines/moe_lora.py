@@ -3,7 +3,7 @@ r"""MoE-LoRA: a learned router over per-task LoRA experts, top-2 gating.
 ::
 
     g = softmax over the top-k of (R x)[:E]      R: router (max_tasks, d_in), E experts that exist
-    y = base(x) + scale · Σ_{e in top-k} g_e B_eᵀ A_e x
+    y = base(x) + scale · Σ_{e in top-k} g_e B_e A_e x
 
 Each task adds one rank-r expert (capacity grows per task like MoRAM's atoms); at the boundary the
 current expert is frozen for good; the router is never frozen and keeps training on every task
@@ -14,12 +14,14 @@ trained Parameter, the router's Adam state is zeroed at each boundary by ``TaskB
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moram.accounting import LayerCost
-from moram.baselines.base import ExpertStoreLinear
+from moram.adapters.layer import LayerCost
+from moram.baselines.expert_store import ExpertStoreLinear
 from moram.distributed import assign_full
 
 
@@ -39,35 +41,39 @@ class MoELoRALinear(ExpertStoreLinear):
         super().__init__(base, in_features, out_features, rank=rank, max_tasks=max_tasks, scale=scale, seed=seed)
         self.top_k = top_k
         self.router = nn.Parameter(torch.zeros(max_tasks, in_features, **self.factory_kwargs))
-        assign_full(self.router, self._kaiming(max_tasks, -1))
+        assign_full(self.router, self.kaiming_rows(max_tasks, -1))
 
     def gate(self, x: Tensor, use_current: bool = True) -> Tensor:
         """Gate ``(..., E)``: softmax over the top-k router logits of the existing experts, 0 elsewhere."""
-        num = self._tasks_done + (1 if use_current else 0)
+        num = self.task_index + (1 if use_current else 0)
         logits = F.linear(x.to(self.router.dtype), self.router[:num]).float()  # (..., E)
         k = min(self.top_k, num)
         top, idx = logits.topk(k, dim=-1)  # (..., k)
         return torch.zeros_like(logits).scatter(-1, idx, torch.softmax(top, dim=-1))
 
     def delta(self, x: Tensor) -> Tensor | None:
-        use_current = self._uses_current()
-        if self._tasks_done == 0 and not use_current:
+        use_current = self.uses_current()
+        if self.task_index == 0 and not use_current:
             return None
-        h = x.to(self.current_keys.dtype)
-        keys, values = self.expert_weights(use_current)
+        h = x.to(self.current_A.dtype)
+        a, b = self.experts(use_current)
         g = self.gate(h, use_current)  # (..., E)
-        self._report(g)
-        z = F.linear(h, keys).unflatten(-1, (-1, self.rank))  # (..., E, r)
-        return self.mix(z, g, values)
+        if self.route_hooks:
+            self.report_route(g)
+        z = F.linear(h, a).unflatten(-1, (-1, self.rank))  # (..., E, r)
+        return self.mix(z, g, b)
 
     def current_parameters(self) -> list[nn.Parameter]:
         """The current expert and the router (never frozen)."""
-        return [self.current_keys, self.current_values, self.router]
+        return [self.current_A, self.current_B, self.router]
+
+    def settings(self) -> dict[str, Any]:
+        return {"rank": self.rank, "top_k": self.top_k, "scale": self.scale, "max_tasks": self.max_tasks}
 
     def cost(self, num_tasks: int) -> LayerCost:
         """Router ``max_tasks·d_in`` plus one expert per task; per token the router's ``2·E·d_in`` and top-k experts."""
         r, d_in, d_out = self.rank, self.in_features, self.out_features
-        router = self._max_tasks * d_in
+        router = self.max_tasks * d_in
         expert = r * (d_in + d_out)
         k = min(self.top_k, num_tasks)
         return LayerCost(expert + router, num_tasks * expert + router, 2 * num_tasks * d_in + 2 * k * expert)
