@@ -5,9 +5,8 @@
 (setting ``self.model``) and implement the steps; the base provides:
 
 * ``atoms.max_tasks: null`` taken from the task stream (one source of truth for the bank size);
-* the :class:`~moram.protocols.AtomHost` / :class:`~moram.protocols.ContinualHost` protocols the
-  callbacks use, so one :class:`~moram.callbacks.task_boundary.TaskBoundaryCallback` and one
-  metrics callback serve CLIP and LM runs alike;
+* the :class:`~moram.protocols.ContinualHost` protocol the callbacks use, so one
+  :class:`~moram.callbacks.TaskBoundaryCallback` and one metrics callback serve CLIP and LM runs alike;
 * AdamW over the current task's parameters with a per-task cosine schedule (restarted by the
   task-boundary callback), and the adapters' cost written to ``adapter_cost.json`` at fit start;
 * FSDP2 sharding of the built model in ``configure_model()`` when the strategy has a device mesh.
@@ -26,9 +25,9 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from moram.atoms.config import AtomConfig
-from moram.atoms.inject import current_atom_parameters, routed_layers
+from moram.atoms.inject import atom_layers
 from moram.atoms.linear import AtomLinear
-from moram.protocols import ContinualLayer, find_continual_layers, is_task_stream
+from moram.protocols import ContinualLayer, continual_layers, is_task_stream
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -88,12 +87,22 @@ class ContinualModule(LightningModule):
         return self.model
 
     def atom_layers(self) -> list[tuple[str, AtomLinear]]:
-        """The routed layers (the :class:`moram.protocols.AtomHost` protocol)."""
-        return routed_layers(self.model) if self.model is not None else []
+        """MoRAM's layers of the model (none under a baseline ``method``)."""
+        return atom_layers(self.model) if self.model is not None else []
 
     def continual_layers(self) -> list[tuple[str, ContinualLayer]]:
-        """Every adapted layer, atoms or baseline (the :class:`moram.protocols.ContinualHost` protocol)."""
-        return find_continual_layers(self.model) if self.model is not None else []
+        """Every continual layer, atoms or baseline (the :class:`moram.protocols.ContinualHost` protocol)."""
+        return continual_layers(self.model) if self.model is not None else []
+
+    def full_parameters(self) -> Any:
+        """Parameters readable and writable in full inside the block (:class:`~moram.protocols.ShardedHost`).
+
+        FSDP1 gathers its flat parameters; FSDP2 units are resharded so layers see DTensors, which they
+        read and write themselves (:func:`moram.distributed.full_value`, :func:`~moram.distributed.assign_full`).
+        """
+        from moram.distributed import full_parameters
+
+        return full_parameters(self)
 
     def on_fit_start(self) -> None:
         """Write the adapters' parameter and FLOP accounting (:mod:`moram.accounting`) to ``adapter_cost.json``."""
@@ -171,13 +180,11 @@ class ContinualModule(LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        params = current_atom_parameters(self.backbone)
-        if self.method is not None:
-            params = [p for _, layer in find_continual_layers(self.backbone) for p in layer.current_parameters()]
-            self._trains = bool(params)
-            if not params:
-                return None
+        params = [p for _, layer in continual_layers(self.backbone) for p in layer.current_parameters()]
+        self._trains = bool(params)
         if not params:
+            if self.method is not None:
+                return None  # a method that adapts nothing (zero-shot)
             raise ValueError("no trainable atom parameters; check model.atoms.targets and the layer options")
         optimizer = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         total, warmup = self.steps_per_task, self.warmup_steps

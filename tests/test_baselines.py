@@ -15,7 +15,7 @@ from moram.baselines import MoELoRA, RankRExperts, SequentialLoRA, ZeroShot
 from moram.baselines.experts import ExpertBankLinear
 from moram.baselines.moe_lora import MoELoRALinear
 from moram.cli import main
-from moram.protocols import find_continual_layers
+from moram.protocols import continual_layers
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ class Snapshot(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.ends.append([{k: v.detach().clone() for k, v in layer.state_dict().items() if "base" not in k}
-                          for _, layer in find_continual_layers(pl_module)])
+                          for _, layer in continual_layers(pl_module)])
 
 
 def fit_with(tmp_path, config, method, *extra):
@@ -52,32 +52,32 @@ def test_zero_shot_trains_nothing_and_every_row_is_the_zero_shot_row(tmp_path, t
 
 def test_sequential_lora_keeps_changing_the_same_weights(tmp_path, tiny_config):
     cli, ends = fit_with(tmp_path, tiny_config, "moram.baselines.SequentialLoRA", "--model.method.rank", "2")
-    layers = find_continual_layers(cli.model)
+    layers = continual_layers(cli.model)
     assert len(layers) == 12
     assert all(layer.task_index == 1 for _, layer in layers)
     assert all(p.requires_grad for _, layer in layers for p in layer.current_parameters())  # never frozen
-    changed = [not torch.equal(a["values"], b["values"]) for a, b in zip(ends[0], ends[1], strict=True)]
+    changed = [not torch.equal(a["lora_B"], b["lora_B"]) for a, b in zip(ends[0], ends[1], strict=True)]
     assert all(changed)  # task 2 changed the weights task 1 trained
 
 
 def test_moe_lora_freezes_experts_and_keeps_training_the_router(tmp_path, tiny_config):
     cli, ends = fit_with(tmp_path, tiny_config, "moram.baselines.MoELoRA", "--model.method.rank", "2",
                          "--data.source.num_tasks", "3")
-    layers = find_continual_layers(cli.model)
+    layers = continual_layers(cli.model)
     for (_, layer), t1, t2 in zip(layers, ends[0], ends[1], strict=True):
-        assert torch.equal(layer.frozen_values[0], t1["current_values"])  # bit-identical after its task
-        assert torch.equal(layer.frozen_keys[0], t1["current_keys"])
-        assert torch.equal(layer.frozen_values[1], t2["current_values"])
+        assert torch.equal(layer.frozen_B[0], t1["current_B"])  # bit-identical after its task
+        assert torch.equal(layer.frozen_A[0], t1["current_A"])
+        assert torch.equal(layer.frozen_B[1], t2["current_B"])
         assert not torch.equal(t1["router"], t2["router"])  # the router trains on every task
-    assert any(t["current_values"].abs().sum() > 0 for t in ends[0])
+    assert any(t["current_B"].abs().sum() > 0 for t in ends[0])
 
 
 def test_rank_r_experts_freeze_bit_identically(tmp_path, tiny_config):
     cli, ends = fit_with(tmp_path, tiny_config, "moram.baselines.RankRExperts", "--model.method.rank", "2")
-    for (_, layer), t1 in zip(find_continual_layers(cli.model), ends[0], strict=True):
-        assert torch.equal(layer.frozen_values[0], t1["current_values"])
+    for (_, layer), t1 in zip(continual_layers(cli.model), ends[0], strict=True):
+        assert torch.equal(layer.frozen_B[0], t1["current_B"])
         assert layer.task_index == 1
-    assert any(t["current_values"].abs().sum() > 0 for t in ends[0])
+    assert any(t["current_B"].abs().sum() > 0 for t in ends[0])
 
 
 def trained_layer(kind, **kwargs):
@@ -85,7 +85,7 @@ def trained_layer(kind, **kwargs):
     layer = kind(nn.Linear(6, 4), 6, 4, rank=2, max_tasks=4, **kwargs)
     for _ in range(3):  # three trained experts (random values so that every expert matters)
         with torch.no_grad():
-            layer.current_values.normal_()
+            layer.current_B.normal_()
         layer.train()
         layer(torch.randn(2, 6))
         layer.consolidate()
@@ -103,10 +103,10 @@ def test_moe_router_gate_sums_to_one_over_the_top2_experts():
 def test_rank_r_expert_scores_follow_the_documented_formula():
     layer = trained_layer(ExpertBankLinear, top_k=2, temperature=0.5, threshold=None)
     x = torch.randn(5, 6)
-    z = torch.einsum("erd,td->ter", layer.frozen_keys[:3], x)  # (T, E, r): each expert's key response
+    z = torch.einsum("erd,td->ter", layer.frozen_A[:3], x)  # (T, E, r): each expert's response A_e x
     u = z.norm(dim=-1)
     w = normalized_topk_weights(u, top_k=2, temperature=0.5, eps=1e-6, threshold=None)  # (T, E), DESIGN.md §1
-    expected = layer.base(x) + torch.einsum("te,ter,ero->to", w, z, layer.frozen_values[:3])
+    expected = layer.base(x) + torch.einsum("te,ter,eor->to", w, z, layer.frozen_B[:3])
     torch.testing.assert_close(layer(x), expected)
 
 

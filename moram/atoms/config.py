@@ -9,12 +9,12 @@ from typing import Any
 
 @dataclass
 class AtomConfig:
-    """Settings of the rank-1 atom banks added to every adapted layer (MoRAM, DESIGN.md §1).
+    """Settings of the rank-1 atom banks, one per target layer (MoRAM, DESIGN.md §1).
 
     The defaults are the paper's CLIP (X-TAIL) settings; :meth:`llm` gives its LLM (TRACE) settings.
 
     Args:
-        rank: Atoms appended to every adapted layer per task (the paper's r).
+        rank: Atoms each target layer gains per task (the paper's r; a number of atoms, not a LoRA rank).
         top_k: Atoms each token routes to per layer; the bank uses k = min(max(top_k, 2), N).
         temperature: Softmax temperature tau applied to the normalised scores of the selected atoms.
         threshold: Inference-only gate delta: a selected atom whose normalised score is below it is dropped,

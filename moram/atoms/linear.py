@@ -1,66 +1,52 @@
-"""The routed layer: a frozen base map plus an atom bank, ``y = base(x) + bank(x)``."""
+"""MoRAM's continual layer: a frozen base map plus an atom bank, ``y = base(x) + bank(x)``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
-from moram.accounting import LayerCost
-from moram.atoms.bank import AtomBank
+from moram.adapters.layer import ContinualLinear, LayerCost
+from moram.atoms.bank import AtomBank, AtomStateError
 from moram.atoms.config import AtomConfig
 
 
-class AtomLinear(nn.Module):
+class AtomLinear(ContinualLinear):
     """Wrap a frozen linear map (kept as is, as ``self.base``) and add a bank of rank-1 atoms.
 
     ``base`` may be any module computing a linear map of the last dimension whose widths
     injection knows (``nn.Linear``, GPT-2's transposed ``Conv1D``, or a registered type); the
     bank never reads the base weight, so the layout of that weight does not matter.
 
+    Args:
+        base: the frozen linear map.
+        in_features: its input width (the keys' width).
+        out_features: its output width (the values' width).
+        config: the atom settings; ``config.max_tasks`` must be set.
+        seed: the layer's seed; task ``t``'s atoms are drawn from a generator of ``(seed, t)``.
+
     Example:
         >>> layer = AtomLinear(nn.Linear(8, 4), 8, 4, AtomConfig(rank=2, max_tasks=2))
         >>> x = torch.randn(3, 8)
         >>> torch.equal(layer(x), layer.base(x))  # values start at zero
         True
+        >>> layer.keys.shape, layer.values.shape  # (N, d_in), (N, d_out)
+        (torch.Size([2, 8]), torch.Size([2, 4]))
     """
 
+    capacity_option = "AtomConfig.max_tasks"
+
     def __init__(self, base: nn.Module, in_features: int, out_features: int, config: AtomConfig, *, seed: int = 0):
-        super().__init__()
-        self.base = base
-        weight = next(base.parameters(), None)
-        self.bank = AtomBank(
-            in_features,
-            out_features,
-            config,
-            seed=seed,
-            device=None if weight is None else weight.device,
-            dtype=None if weight is None or not weight.is_floating_point() else weight.dtype,
-        )
+        super().__init__(base, in_features, out_features, max_tasks=config.capacity // config.rank, seed=seed)
+        self.bank = AtomBank(in_features, out_features, config, seed=seed, **self.factory_kwargs)
+        self.bank.route_hooks = self.route_hooks  # the layer registers hooks; the bank calls them
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.bank.add_to(x, self.base(x))  # the addition fused into the bank's value sum where possible
+    def add_delta(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.bank.add_to(x, y)  # the addition fused into the bank's value sum where possible
 
-    # Delegations that code written for the plain layer expects (dtype checks, weight tying).
-    @property
-    def weight(self) -> Tensor:
-        """The base layer's weight."""
-        return self.base.weight  # type: ignore[return-value]
-
-    @property
-    def bias(self) -> Tensor | None:
-        """The base layer's bias."""
-        return getattr(self.base, "bias", None)
-
-    @property
-    def in_features(self) -> int:
-        return self.bank.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.bank.out_features
+    def delta(self, x: Tensor) -> Tensor | None:
+        return self.bank(x)
 
     @property
     def keys(self) -> Tensor:
@@ -72,25 +58,16 @@ class AtomLinear(nn.Module):
         """All existing values, frozen first then current: ``(N, d_out)``."""
         return self.bank.values
 
-    def consolidate(self) -> None:
-        """Freeze the current atoms and start fresh ones (see :meth:`AtomBank.consolidate`)."""
+    def end_task(self) -> None:
+        """Freeze the current atoms and draw fresh ones (see :meth:`AtomBank.consolidate`)."""
         self.bank.consolidate()
-
-    # The continual-layer protocol (moram.protocols.ContinualLayer) and the routed-layer protocol
-    # (moram.protocols.RoutedLayer): what callbacks may use without knowing the bank.
-    @property
-    def task_index(self) -> int:
-        """Tasks consolidated so far (the index of the task the current atoms belong to)."""
-        return self.bank.task_index
-
-    @property
-    def max_tasks(self) -> int:
-        """Tasks the bank holds (``capacity // rank``)."""
-        return self.bank.capacity // self.bank.rank
 
     def current_parameters(self) -> list[nn.Parameter]:
         """The trainable Parameters of the present task: current keys and values."""
         return [self.bank.current_keys, self.bank.current_values]
+
+    def settings(self) -> dict[str, Any]:
+        return self.bank.describe_signature(self.bank.signature)
 
     @property
     def units_per_task(self) -> int:
@@ -101,12 +78,6 @@ class AtomLinear(nn.Module):
     def route_capacity(self) -> int:
         """Routed units the layer can ever hold."""
         return self.bank.capacity
-
-    def register_route_hook(self, hook: Callable[[Tensor], None]) -> RemovableHandle:
-        """Call ``hook(w)`` with the routing weights ``(..., N)`` of every forward (see :class:`AtomBank`)."""
-        handle = RemovableHandle(self.bank.route_hooks)
-        self.bank.route_hooks[handle.id] = hook
-        return handle
 
     def cost(self, num_tasks: int) -> LayerCost:
         """Parameters and FLOPs of the atoms (DESIGN.md §1) after ``num_tasks`` tasks.
@@ -120,7 +91,17 @@ class AtomLinear(nn.Module):
         k = min(max(self.bank.top_k, 2), n)
         return LayerCost(r * (d_in + d_out), n * (d_in + d_out), 2 * n * d_in + 2 * k * d_out)
 
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Re-draw the current atoms of the present task (frozen atoms are untouched)."""
-        self.bank.reset_current()
+    # ------------------------------------------------------------------ state
+    def upgrade_state(self, state_dict: dict[str, Any], prefix: str) -> None:
+        """State written before layers kept a task counter: it is the bank's frozen atoms / rank."""
+        frozen = state_dict.get(prefix + "bank.num_frozen")
+        if prefix + "tasks_done" not in state_dict and isinstance(frozen, Tensor):
+            state_dict[prefix + "tasks_done"] = torch.div(frozen, self.bank.rank, rounding_mode="floor")
+
+    def sync_from_state(self) -> None:
+        super().sync_from_state()
+        if self.task_index != self.bank.task_index:
+            raise AtomStateError(
+                f"the state holds {self.task_index} finished tasks for the layer but {self.bank.num_frozen_atoms} "
+                f"frozen atoms (rank {self.bank.rank}) in its bank; the file is inconsistent"
+            )

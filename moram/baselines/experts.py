@@ -1,7 +1,7 @@
 r"""Rank-r experts: MoRAM's self-activated routing with a rank-r expert in place of each atom.
 
-Ablation of the rank-1 granularity. Each task adds one expert ``e`` with keys ``A_e`` (r, d_in)
-and values ``B_e`` (r, d_out); there is no router: an expert is scored by its own keys. For a
+Ablation of the rank-1 granularity. Each task adds one expert ``e``, a rank-r LoRA ``A_e`` (r, d_in), ``B_e``
+(d_out, r); there is no router: an expert is scored by its own ``A_e``. For a
 token ``x``::
 
     z_e = A_e x                         (r)    the expert's key response
@@ -9,7 +9,7 @@ token ``x``::
     s   = u / (‖u‖₂ + eps)              (E)    normalised over the experts of this layer
     top = the k largest s,  k = min(max(top_k, 2), E)
     w   = softmax(s[top] / tau), 0 elsewhere;  w_e *= [s_e ≥ delta] at inference only
-    y   = base(x) + scale · Σ_e w_e B_eᵀ z_e
+    y   = base(x) + scale · Σ_e w_e B_e z_e
 
 i.e. exactly MoRAM's formula (DESIGN.md §1) where an atom's scalar response ``p_i`` becomes the
 expert's r-dim response ``z_e`` and its score the norm of it (so scores are ≥ 0 and signed and
@@ -18,13 +18,15 @@ absolute selection coincide). With r = 1 and one atom per task this is MoRAM wit
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moram.accounting import LayerCost
+from moram.adapters.layer import LayerCost
 from moram.atoms.routing import normalized_topk_weights
-from moram.baselines.base import ExpertStoreLinear
+from moram.baselines.expert_store import ExpertStoreLinear
 
 
 class ExpertBankLinear(ExpertStoreLinear):
@@ -33,7 +35,7 @@ class ExpertBankLinear(ExpertStoreLinear):
     Example:
         >>> layer = ExpertBankLinear(nn.Linear(8, 4), 8, 4, rank=2, max_tasks=3)
         >>> x = torch.randn(3, 8)
-        >>> torch.equal(layer(x), layer.base(x))  # values start at zero
+        >>> torch.equal(layer(x), layer.base(x))  # B starts at zero
         True
     """
 
@@ -55,18 +57,25 @@ class ExpertBankLinear(ExpertStoreLinear):
         )
 
     def delta(self, x: Tensor) -> Tensor | None:
-        use_current = self._uses_current()
-        if self._tasks_done == 0 and not use_current:
+        use_current = self.uses_current()
+        if self.task_index == 0 and not use_current:
             return None
-        h = x.to(self.current_keys.dtype)
-        keys, values = self.expert_weights(use_current)
-        z = F.linear(h, keys).unflatten(-1, (-1, self.rank))  # (..., E, r)
+        h = x.to(self.current_A.dtype)
+        a, b = self.experts(use_current)
+        z = F.linear(h, a).unflatten(-1, (-1, self.rank))  # (..., E, r)
         w = self.route(z)
-        self._report(w)
-        return self.mix(z, w, values)
+        if self.route_hooks:
+            self.report_route(w)
+        return self.mix(z, w, b)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank, "top_k": self.top_k, "temperature": self.temperature, "threshold": self.threshold,
+            "scale": self.scale, "max_tasks": self.max_tasks,
+        }
 
     def cost(self, num_tasks: int) -> LayerCost:
-        """Every expert's keys score the token (``2·E·r·d_in``); the k selected experts' values ``2·k·r·d_out``."""
+        """Every expert's ``A`` scores the token (``2·E·r·d_in``); the k selected experts' ``B`` ``2·k·r·d_out``."""
         r, d_in, d_out = self.rank, self.in_features, self.out_features
         k = min(max(self.top_k, 2), num_tasks)
         flops = 2 * num_tasks * r * d_in + 2 * k * r * d_out
