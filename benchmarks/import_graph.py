@@ -59,7 +59,7 @@ def imports(path: Path, name: str, modules: set[str]) -> tuple[set[str], set[str
     return eager, lazy - eager
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:  # noqa: C901 - Tarjan in one piece
     """Strongly connected components with more than one module (Tarjan)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}

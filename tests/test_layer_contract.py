@@ -166,5 +166,6 @@ def test_route_hooks_see_the_weights_of_routed_layers(kind):
     model(torch.randn(2, 6))
     handle.remove()
     model(torch.randn(2, 6))
-    assert len(seen) == 1 and seen[0].shape[:-1] == (2,)
+    assert len(seen) == 1
+    assert seen[0].shape[:-1] == (2,)
     torch.testing.assert_close(seen[0].sum(-1), torch.ones(2))  # top-k softmax weights (no delta gate here)

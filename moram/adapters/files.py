@@ -113,7 +113,8 @@ def load_adapters(model: nn.Module, directory: str | Path) -> list[str]:
         state = {key[len(name) + 1 :]: value for key, value in tensors.items() if key.startswith(name + ".")}
         own = _adapter_state(layer)
         if set(state) != set(own):
-            raise AdapterFileError(f"layer '{name}': entries {sorted(set(own) ^ set(state))} differ between file and model")
+            differ = sorted(set(own) ^ set(state))
+            raise AdapterFileError(f"layer '{name}': entries {differ} differ between file and model")
         with torch.no_grad():
             result = layer.load_state_dict(state, strict=False)
         if result.unexpected_keys or any(not k.startswith("base.") for k in result.missing_keys):

@@ -151,7 +151,7 @@ def inject_layers(
                 )
             has, wanted = module.settings(), probe.settings()
             if has != wanted:
-                diff = ", ".join(f"{k}: has {has.get(k)}, asked {wanted.get(k)}" for k in wanted if has.get(k) != wanted[k])
+                diff = ", ".join(f"{k}: has {has.get(k)}, asked {v}" for k, v in wanted.items() if has.get(k) != v)
                 raise ValueError(
                     f"module '{name}' already carries a {type(module).__name__} with a different setting ({diff}); "
                     "inject into a fresh model"
