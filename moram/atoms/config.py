@@ -101,8 +101,14 @@ class AtomConfig:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON view, for the adapter sidecar and run directories."""
-        return dataclasses.asdict(self)
+        """Plain-JSON view, for the adapter sidecar and run directories.
+
+        ``reference`` is left out: it says how to compute, not what the memory is, so files stay
+        readable by versions without the switch.
+        """
+        values = dataclasses.asdict(self)
+        del values["reference"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AtomConfig:
