@@ -29,7 +29,7 @@ from torch import Tensor
 from moram.adapters.method import AdapterMethod
 from moram.atoms.config import AtomConfig
 from moram.lm_batch import IGNORE, decode_answers, encode_causal, encode_causal_prompts, encode_seq2seq
-from moram.module_base import ContinualModule
+from moram.module_base import ContinualModule, LRSchedule
 from moram.protocols import score_key
 
 PREDICTIONS_DIR = "predictions"
@@ -56,8 +56,10 @@ class LMContinualModule(ContinualModule):
         lr: learning rate of the current atoms (Adam; the paper uses 5e-4).
         weight_decay: AdamW weight decay (paper: 0).
         betas: Adam betas (paper: 0.9, 0.95).
-        warmup_steps: linear warmup steps at the start of every task.
-        steps_per_task: length of the per-task cosine schedule; None takes the data's ``steps_per_task``.
+        warmup_steps: linear warmup steps at the start of every task (both schedules).
+        lr_schedule: the learning rate within each task, restarted at every task: ``cosine`` (warmup,
+            then cosine to zero) or ``constant`` (warmup, then ``lr``; the official TRACE setting).
+        steps_per_task: length of the per-task schedule; None takes the data's ``steps_per_task``.
         trust_remote_code: allow models with custom code from their folder / hub id.
     """
 
@@ -77,6 +79,7 @@ class LMContinualModule(ContinualModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 0,
+        lr_schedule: LRSchedule = "cosine",
         steps_per_task: int | None = None,
         trust_remote_code: bool = False,
     ) -> None:
@@ -94,7 +97,9 @@ class LMContinualModule(ContinualModule):
         self.include_mlp = include_mlp
         self.max_length, self.max_new_tokens, self.num_beams = max_length, max_new_tokens, num_beams
         self.lr, self.weight_decay, self.betas = lr, weight_decay, (float(betas[0]), float(betas[1]))
-        self.warmup_steps, self.steps_per_task = warmup_steps, steps_per_task
+        if lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"model.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        self.warmup_steps, self.lr_schedule, self.steps_per_task = warmup_steps, lr_schedule, steps_per_task
         self._trains = True
         self.model: Any = None
         self.tokenizer: Any = None
@@ -156,7 +161,7 @@ class LMContinualModule(ContinualModule):
         loss = total * world / global_tokens.clamp(min=1)
         self.check_loss(loss, batch_idx)
         self.log("train/loss", total.detach() / tokens.clamp(min=1), prog_bar=True, batch_size=len(batch["prompt"]))
-        return loss
+        return self.add_adapter_penalty(loss)  # O-LoRA's regulariser; nothing for other methods
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

@@ -18,7 +18,7 @@ from moram.adapters.method import AdapterMethod
 from moram.atoms.config import AtomConfig
 from moram.distributed import gather_batch
 from moram.losses import clip_class_loss
-from moram.module_base import ContinualModule
+from moram.module_base import ContinualModule, LRSchedule
 from moram.protocols import score_key
 
 EvalProtocol = Literal["task_aware", "task_agnostic"]
@@ -37,8 +37,8 @@ class CLIPContinualModule(ContinualModule):
             ``packaged`` for the weights moram ships for ``model_config``; None keeps random weights.
         atoms: atom settings (rank, top_k, temperature, threshold, scale, dropout, max_tasks, targets).
         method: the adaptation method (a ``class_path`` from :mod:`moram.baselines`: ``ZeroShot``,
-            ``SequentialLoRA``, ``MoELoRA``, ``RankRExperts``); null is MoRAM with ``atoms``. Baselines take
-            the targets, ``max_tasks`` and seed from ``atoms``.
+            ``SequentialLoRA``, ``OLoRA``, ``MoELoRA``, ``RankRExperts``); null is MoRAM with ``atoms``.
+            Baselines take the targets, ``max_tasks`` and seed from ``atoms``.
         towers: towers that carry atoms: ``image``, ``text`` or both.
         layers: layer groups that carry atoms: ``attn`` (q, k, v, out) and/or ``mlp`` (c_fc, c_proj).
         protocol: how the reported score classifies a test image: ``task_aware`` (among its own
@@ -47,8 +47,10 @@ class CLIPContinualModule(ContinualModule):
         lr: AdamW learning rate of the current atoms.
         weight_decay: AdamW weight decay.
         betas: AdamW betas.
-        warmup_steps: linear warmup steps at the start of every task.
-        steps_per_task: length of the per-task cosine schedule; None takes the data's ``steps_per_task``.
+        warmup_steps: linear warmup steps at the start of every task (both schedules).
+        lr_schedule: the learning rate within each task, restarted at every task: ``cosine`` (warmup,
+            then cosine to zero) or ``constant`` (warmup, then ``lr``; the official TRACE setting).
+        steps_per_task: length of the per-task schedule; None takes the data's ``steps_per_task``.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class CLIPContinualModule(ContinualModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        lr_schedule: LRSchedule = "cosine",
         steps_per_task: int | None = None,
     ) -> None:
         super().__init__()
@@ -82,7 +85,9 @@ class CLIPContinualModule(ContinualModule):
         self.protocol = protocol
         self.model_config, self.model_name, self.pretrained = model_config, model_name, pretrained
         self.lr, self.weight_decay, self.betas = lr, weight_decay, (float(betas[0]), float(betas[1]))
-        self.warmup_steps, self.steps_per_task = warmup_steps, steps_per_task
+        if lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"model.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        self.warmup_steps, self.lr_schedule, self.steps_per_task = warmup_steps, lr_schedule, steps_per_task
         self.model: Any = None  # the open_clip model, built in configure_model()
         self.tokenizer: Any = None
         self.adapted: list[str] = []
@@ -146,7 +151,7 @@ class CLIPContinualModule(ContinualModule):
         loss = clip_class_loss(image, text, labels, self.clip.logit_scale.exp())
         self.check_loss(loss, batch_idx)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
-        return loss
+        return self.add_adapter_penalty(loss)  # O-LoRA's regulariser; nothing for other methods
 
     # ------------------------------------------------------------------ evaluation
     def _start_eval(self) -> None:

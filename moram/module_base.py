@@ -7,8 +7,9 @@
 * ``atoms.max_tasks: null`` taken from the task stream (one source of truth for the bank size);
 * the :class:`~moram.protocols.ContinualHost` protocol the callbacks use, so one
   :class:`~moram.callbacks.TaskBoundaryCallback` and one metrics callback serve CLIP and LM runs alike;
-* AdamW over the current task's parameters with a per-task cosine schedule (restarted by the
-  task-boundary callback), and the adapters' cost written to ``adapter_cost.json`` at fit start;
+* AdamW over the current task's parameters with a per-task schedule (``model.lr_schedule``: warmup
+  then cosine or constant; restarted by the task-boundary callback), an adapter's own loss term
+  (:func:`adapter_penalty`), and the adapters' cost written to ``adapter_cost.json`` at fit start;
 * FSDP2 sharding of the built model in ``configure_model()`` when the strategy has a device mesh.
 """
 
@@ -18,7 +19,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -29,6 +30,9 @@ from moram.atoms.inject import atom_layers
 from moram.atoms.linear import AtomLinear
 from moram.protocols import ContinualLayer, continual_layers, is_task_stream
 
+LRSchedule = Literal["cosine", "constant"]
+"""The per-task learning-rate schedules: warmup then cosine to zero, or warmup then constant."""
+
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
     """LR factor at ``step`` of a task of ``total`` steps: linear warmup, then cosine to zero."""
@@ -38,11 +42,40 @@ def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def constant_with_warmup(step: int, total: int, warmup: int) -> float:
+    """LR factor at ``step`` of a task: linear warmup, then 1 (``total`` is unused; the same signature)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    return 1.0
+
+
+SCHEDULES = {"cosine": cosine_with_warmup, "constant": constant_with_warmup}
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
+    """LR factor of ``schedule`` (:data:`LRSchedule`) at ``step`` within a task of ``total`` steps."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"model.lr_schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+    return SCHEDULES[schedule](step, total, warmup)
+
+
+def adapter_penalty(model: torch.nn.Module) -> Tensor | None:
+    """Sum of ``layer.penalty()`` over the continual layers that have one (O-LoRA's regulariser), or None.
+
+    A method whose layers carry a loss term of their own (:class:`moram.baselines.olora.OLoRALinear`)
+    has it added to the training loss of every moram module through this one function.
+    """
+    penalties = [getattr(layer, "penalty", None) for _, layer in continual_layers(model)]
+    terms = [penalty().float() for penalty in penalties if callable(penalty)]
+    return torch.stack(terms).sum() if terms else None
+
+
 class ContinualModule(LightningModule):
     """Base of moram's continual LightningModules (see the module docstring).
 
     Subclasses set ``self.atoms``, ``self.method``, ``self.lr``, ``self.betas``, ``self.weight_decay``,
-    ``self.warmup_steps`` and ``self.steps_per_task`` in ``__init__``, and implement ``_build_model()``.
+    ``self.warmup_steps``, ``self.lr_schedule`` and ``self.steps_per_task`` in ``__init__``, and implement
+    ``_build_model()``.
     """
 
     model: Any
@@ -52,6 +85,7 @@ class ContinualModule(LightningModule):
     betas: tuple[float, float]
     weight_decay: float
     warmup_steps: int
+    lr_schedule: str = "cosine"
     steps_per_task: int | None
     _trains: bool = True
     _pending_rng: dict[str, Tensor] | None = None
@@ -169,6 +203,14 @@ class ContinualModule(LightningModule):
         """Index of the task being trained: the epoch, capped at the last task."""
         return min(self.current_epoch, self.stream.num_tasks - 1)
 
+    def add_adapter_penalty(self, loss: Tensor) -> Tensor:
+        """``loss`` plus the adapters' own loss term (:func:`adapter_penalty`), logged as ``train/penalty``."""
+        penalty = adapter_penalty(self.backbone)
+        if penalty is None:
+            return loss
+        self.log("train/penalty", penalty.detach())
+        return loss + penalty.to(loss.dtype)
+
     def check_loss(self, loss: torch.Tensor, batch_idx: int) -> None:
         """Raise naming ``model.lr`` and the task when ``loss`` is NaN or infinite (nothing is updated)."""
         if not torch.isfinite(loss):
@@ -192,5 +234,7 @@ class ContinualModule(LightningModule):
             total = getattr(getattr(self._trainer, "datamodule", None), "steps_per_task", None)
             if total is None:
                 raise ValueError("model.steps_per_task is null and the datamodule has no steps_per_task; set it")
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warmup))
+        schedule = self.lr_schedule
+        lr_factor(schedule, 0, total, warmup)  # refuse an unknown schedule before training starts
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(schedule, s, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

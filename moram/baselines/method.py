@@ -26,7 +26,7 @@ from torch import nn
 from moram.adapters.layer import ContinualLinear
 from moram.adapters.method import AdapterMethod
 
-__all__ = ["AdapterMethod", "MoELoRA", "RankRExperts", "SequentialLoRA", "ZeroShot"]
+__all__ = ["AdapterMethod", "MoELoRA", "OLoRA", "RankRExperts", "SequentialLoRA", "ZeroShot"]
 
 
 class ZeroShot(AdapterMethod):
@@ -106,4 +106,36 @@ class RankRExperts(AdapterMethod):
         return ExpertBankLinear(
             base, in_features, out_features, rank=self.rank, max_tasks=max_tasks, top_k=self.top_k,
             temperature=self.temperature, threshold=self.threshold, scale=self.scale, seed=seed,
+        )
+
+
+class OLoRA(AdapterMethod):
+    """O-LoRA: a LoRA per task, orthogonal to the earlier tasks' (:class:`~moram.baselines.olora.OLoRALinear`).
+
+    Earlier tasks' LoRAs are frozen and summed; the present one's ``A`` is pushed orthogonal to every
+    earlier ``A`` by a loss term. Defaults are the official O-LoRA code's (T5-large, orders 1-3).
+
+    Args:
+        rank: rank r of each task's LoRA (O-LoRA: 8).
+        scale: multiplier of every LoRA's output, ``lora_alpha / r`` (O-LoRA: 32 / 8 = 4).
+        dropout: dropout on the LoRAs' input in training (O-LoRA: 0.1).
+        lambda_orth: lambda_1, weight of the L1 norm of ``A_t A_s^T`` summed over earlier tasks s (O-LoRA: 0.5).
+        lambda_l2: lambda_2, weight of ``||A_t||_F + ||B_t||_F`` of the present LoRA (O-LoRA: 0).
+    """
+
+    def __init__(
+        self, rank: int = 8, scale: float = 4.0, dropout: float = 0.1, lambda_orth: float = 0.5,
+        lambda_l2: float = 0.0,
+    ) -> None:
+        self.rank, self.scale, self.dropout = rank, scale, dropout
+        self.lambda_orth, self.lambda_l2 = lambda_orth, lambda_l2
+
+    def make_layer(
+        self, base: nn.Module, in_features: int, out_features: int, *, max_tasks: int, seed: int
+    ) -> ContinualLinear:
+        from moram.baselines.olora import OLoRALinear
+
+        return OLoRALinear(
+            base, in_features, out_features, rank=self.rank, max_tasks=max_tasks, scale=self.scale,
+            dropout=self.dropout, lambda_orth=self.lambda_orth, lambda_l2=self.lambda_l2, seed=seed,
         )
