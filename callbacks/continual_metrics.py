@@ -86,7 +86,9 @@ class ContinualMetricsCallback(Callback):
         self.zero_shot: list[float] | None = None
         self.rows: dict[int, list[float]] = {}
         self.json_path: Path | None = None
+        self.finished = False
         self._dir: Path | None = None
+        self._view = ""
 
     @property
     @override
@@ -99,8 +101,10 @@ class ContinualMetricsCallback(Callback):
     def _save(self) -> Path:
         assert self._dir is not None, "set in setup()"
         default = self.name == "continual_metrics"
+        # "finished": false while the run goes on or after it was killed, so a partial file never reads as a result
         paths = save_all(self._dir, self.matrix, heatmap=self.heatmap, stem=self.name,
-                         heatmap_name="accuracy_matrix.png" if default else f"{self.name}_matrix.png")
+                         heatmap_name="accuracy_matrix.png" if default else f"{self.name}_matrix.png",
+                         view=self._view, extra={"finished": self.finished})
         return paths["json"]
 
     # ----------------------------------------------------------------------------------- the matrix
@@ -144,6 +148,8 @@ class ContinualMetricsCallback(Callback):
             self.task_names = list(stream.task_names)
         # trainer.log_dir is a collective (it broadcasts), so resolve it here on every rank
         self._dir = Path(self.output_dir) if self.output_dir is not None else Path(trainer.log_dir or ".")
+        view = self.name.removeprefix("continual_metrics").strip("_") or str(getattr(pl_module, "protocol", ""))
+        self._view = view.replace("_", "-")
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -207,10 +213,12 @@ class ContinualMetricsCallback(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.task_names is None:
             return
-        if self.json_path is None and trainer.is_global_zero and (self.rows or self.zero_shot is not None):
-            self.json_path = self._save()  # resumed with nothing left to run
+        self.finished = self.matrix.num_trained == len(self.task_names) and not trainer.interrupted
+        if trainer.is_global_zero and (self.rows or self.zero_shot is not None):
+            self.json_path = self._save()  # now with "finished": true
         table = format_table(self.summary())
-        rank_zero_info(f"Continual-learning metrics (scores in %):\n{table}\nSaved to {self.json_path}")
+        view = f", {self._view}" if self._view else ""
+        rank_zero_info(f"Continual-learning metrics (scores in %{view}):\n{table}\nSaved to {self.json_path}")
         gaps = [i for i in range(max(self.rows, default=-1)) if i not in self.rows]
         if gaps:
             rank_zero_warn(

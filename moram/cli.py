@@ -8,18 +8,65 @@ Values that must agree are derived, not written twice: when the data is a task s
 and the LightningModules size their atom banks from the same number (``model.atoms.max_tasks: null``).
 A continual run always gets a :class:`~moram.callbacks.task_boundary.TaskBoundaryCallback` and a
 :class:`~moram.callbacks.continual_metrics.ContinualMetricsCallback`; list either under
-``trainer.callbacks`` to configure it, and the default one is not added.
+``trainer.callbacks`` to configure it, and the default one is not added. It also gets an
+:class:`~moram.callbacks.adapter_export.AdapterExportCallback` (the memory after every task as an
+adapter folder) and, when standard output is not a terminal, a
+:class:`~moram.callbacks.progress.ProgressLogCallback` (plain progress lines for log files).
+
+Resuming: ``--ckpt_path last`` finds the newest run directory with a ``checkpoints/last.ckpt``
+(:func:`find_last_checkpoint`), resumes from it and keeps logging into that same directory; when
+there is none it is an error, not a fresh start. Without a logger configured, runs log with a
+``CSVLogger`` into ``<default_root_dir>/lightning_logs/version_N`` (Lightning's default, named).
+
+Errors: moram's own validation errors (bad option values, missing data, checkpoints of another
+model) end the command with one line, ``moram: error: ...``, and exit code 2;
+``MORAM_TRACEBACK=1`` shows the full traceback instead.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import sys
+import traceback
+import warnings
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from moram.protocols import is_task_stream
+
+TRACEBACK_ENV = "MORAM_TRACEBACK"
+LOG_NAME = "lightning_logs"
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def quiet() -> None:
+    """Silence what every run printed without telling the user anything (each filter says why)."""
+    # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecated, once per loop restart.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    # The frozen backbone is kept in eval mode on purpose (no dropout in frozen layers; the atoms
+    # train in train mode), which Lightning reports as "may lead to unexpected behavior".
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # One-step tasks in tests and tiny streams are shorter than the logging interval; harmless.
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging")
+    # Advertisements for cloud services, printed by Lightning on every run.
+    logging.getLogger("lightning.fabric.utilities.rank_zero").addFilter(_NoTips())
+    try:  # the shipped MiniLM text tower has a pooler CLIP never uses: transformers reports it unused
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
 
 
 def continual_callbacks(configured: list[Callback], model: object = None) -> list[Callback]:
@@ -31,9 +78,16 @@ def continual_callbacks(configured: list[Callback], model: object = None) -> lis
     from moram.callbacks.continual_metrics import ContinualMetricsCallback
     from moram.callbacks.task_boundary import TaskBoundaryCallback
 
+    from moram.callbacks.adapter_export import AdapterExportCallback
+    from moram.callbacks.progress import ProgressLogCallback
+
     defaults: list[Callback] = []
     if not any(isinstance(c, TaskBoundaryCallback) for c in configured):
         defaults.append(TaskBoundaryCallback())
+    if not any(isinstance(c, AdapterExportCallback) for c in configured):
+        defaults.append(AdapterExportCallback())
+    if not sys.stdout.isatty() and not any(isinstance(c, ProgressLogCallback) for c in configured):
+        defaults.append(ProgressLogCallback())
     metric_names = {c.name for c in configured if isinstance(c, ContinualMetricsCallback)}
     if "continual_metrics" not in metric_names:
         defaults.append(ContinualMetricsCallback())
@@ -52,15 +106,72 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: list(value) if isinstance(value, tuple) else value}
 
 
+def _version_number(path: Path) -> int:
+    match = re.fullmatch(r"version_(\d+)", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def find_last_checkpoint(log_root: Path, dirpaths: list[Path]) -> tuple[Path, int | None]:
+    """The checkpoint ``--ckpt_path last`` means, and the run version (folder) it belongs to.
+
+    ``dirpaths`` (explicit ``ModelCheckpoint(dirpath=...)`` folders) are looked in first (the run is then
+    the newest ``version_N``); otherwise the newest ``<log_root>/version_N/checkpoints/last.ckpt``. Raises ``FileNotFoundError`` naming where it looked.
+    """
+    versions = sorted(log_root.glob("version_*"), key=_version_number, reverse=True)
+    for dirpath in dirpaths:  # an explicit folder: the run it belongs to is the newest one
+        if (dirpath / "last.ckpt").exists():
+            return dirpath / "last.ckpt", _version_number(versions[0]) if versions else None
+    for version in versions:
+        if (version / "checkpoints" / "last.ckpt").exists():
+            return version / "checkpoints" / "last.ckpt", _version_number(version)
+    looked = [str(d / "last.ckpt") for d in dirpaths] + [str(log_root / "version_*" / "checkpoints" / "last.ckpt")]
+    raise FileNotFoundError(
+        f"--ckpt_path last: no last checkpoint in {' or '.join(looked)}; runs write one with a ModelCheckpoint "
+        "callback that has save_last: true (the shipped configs do). Start without --ckpt_path, or give a file"
+    )
+
+
+def _class_name(node: Any) -> str:
+    path = node.get("class_path") if hasattr(node, "get") else None
+    return str(path or "").rsplit(".", 1)[-1]
+
+
 class MoramCLI(LightningCLI):
     """LightningCLI with the continual-run defaults described in the module docstring."""
 
+    def _resolve_logger_and_last(self, config: Any) -> None:
+        """Name the default logger, and turn ``ckpt_path: last`` into a file whose run folder is reused."""
+        trainer = config.trainer
+        root = Path(trainer.get("default_root_dir") or os.getcwd())
+        logger = trainer.get("logger")
+        if logger is None or logger is True:  # Lightning's default, without its tensorboardX notice
+            from jsonargparse import Namespace
+
+            logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+                               init_args=Namespace(save_dir=str(root), name=LOG_NAME))
+            trainer.logger = logger
+        if config.get("ckpt_path") != "last":
+            return
+        dirpaths = [Path(c.init_args.dirpath) for c in trainer.get("callbacks") or []
+                    if _class_name(c) == "ModelCheckpoint" and c.get("init_args") and c.init_args.get("dirpath")]
+        log_root = root / LOG_NAME
+        if _class_name(logger) in ("CSVLogger", "TensorBoardLogger"):
+            args = logger.init_args
+            log_root = Path(args.get("save_dir") or root) / (args.get("name") or LOG_NAME)
+        path, version = find_last_checkpoint(log_root, dirpaths)
+        config.ckpt_path = str(path)
+        if version is not None and _class_name(logger) in ("CSVLogger", "TensorBoardLogger"):
+            logger.init_args.version = version  # keep writing into the run being resumed
+
     def _parse_ckpt_path(self) -> None:
+        # The one override of a private LightningCLI hook (it runs right after parsing, before any
+        # class is built): resolve `last` and the run folder, then compare the checkpoint's options.
         # LightningCLI silently replaces the model options by the checkpoint's hyperparameters;
         # a checkpoint trained with other settings (atoms, towers, backbone) is refused instead.
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
+        self._resolve_logger_and_last(self.config[subcommand])
         before = _flat(self.config[subcommand].model.as_dict())
         super()._parse_ckpt_path()
         after = _flat(self.config[subcommand].model.as_dict())
@@ -93,11 +204,66 @@ class MoramCLI(LightningCLI):
         from moram.distributed import finish_distributed
 
         super()._run_subcommand(subcommand)
+        if subcommand == "fit" and self.trainer.is_global_zero and self.trainer.log_dir:
+            print(files_written(Path(self.trainer.log_dir)), flush=True)
         finish_distributed()
+
+
+def files_written(log_dir: Path) -> str:
+    """A listing of the run folder: every file the run wrote (checkpoint folders as one entry)."""
+    lines = [f"Run folder {log_dir}:"]
+    for path in sorted(log_dir.rglob("*")):
+        inside_ckpt = any(p.suffix == ".ckpt" for p in path.relative_to(log_dir).parents if p.name)
+        if inside_ckpt or not (path.is_file() or path.suffix == ".ckpt"):
+            continue
+        lines.append(f"  {path.relative_to(log_dir)}")
+    return "\n".join(lines)
+
+
+def user_error(err: BaseException) -> str | None:
+    """The message of the moram validation error behind ``err`` (following its causes), else None.
+
+    A validation error is a ``ValueError``, ``TypeError``, ``LookupError`` or ``OSError`` raised by
+    moram's own code, or jsonargparse's report of a bad option (which names the option).
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [err]
+    found: str | None = None
+    while pending:
+        e = pending.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, (ValueError, TypeError, LookupError, OSError, ArithmeticError)) and _raised_by_moram(e):
+            return _one_line(str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e))
+        if type(e).__name__ == "ArgumentError" and found is None:
+            found = _one_line(str(e))
+        pending.extend([e.__context__, e.__cause__])
+    return found
+
+
+_OPTION_NAMES = {"AtomConfig.": "model.atoms."}  # where a class's fields are options of the CLI
+
+
+def _raised_by_moram(err: BaseException) -> bool:
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE)
+
+
+def _one_line(message: str) -> str:
+    for prefix, option in _OPTION_NAMES.items():
+        message = re.sub(rf"\b{re.escape(prefix)}(\w+)", rf"{option}\1", message)
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    # jsonargparse nests the cause under "Problem with given class_path ...": keep the innermost reason
+    for i, line in enumerate(lines):
+        if line.startswith("- Problem with given class_path") and i + 1 < len(lines):
+            return lines[i + 1]
+    return " ".join(lines[:3]) if lines else message
 
 
 def main(args: list[str] | None = None, run: bool = True) -> MoramCLI:
     """Entry point of the ``moram`` console script (``args`` defaults to ``sys.argv[1:]``)."""
+    quiet()
     return MoramCLI(
         LightningModule,
         LightningDataModule,
@@ -110,12 +276,23 @@ def main(args: list[str] | None = None, run: bool = True) -> MoramCLI:
 
 
 def entry() -> None:
-    """The ``moram`` console script: ``moram data ...`` for datasets, else the Lightning subcommands."""
-    if sys.argv[1:2] == ["data"]:
-        from moram.data.benchmarks.prepare import main as data_main
+    """The ``moram`` console script: ``moram data ...`` for datasets, else the Lightning subcommands.
 
-        sys.exit(data_main(sys.argv[2:]))
-    main()  # LightningCLI reads sys.argv itself; returning None exits 0
+    A moram validation error ends it with one line on stderr and exit code 2 (:func:`user_error`);
+    ``MORAM_TRACEBACK=1`` re-raises it with the full traceback.
+    """
+    try:
+        if sys.argv[1:2] == ["data"]:
+            from moram.data.benchmarks.prepare import main as data_main
+
+            sys.exit(data_main(sys.argv[2:]))
+        main()  # LightningCLI reads sys.argv itself; returning None exits 0
+    except Exception as err:
+        message = user_error(err)
+        if message is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        print(f"moram: error: {message}\n(set {TRACEBACK_ENV}=1 for the full traceback)", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -229,8 +229,23 @@ def write_csv(path: str | Path, m: AccuracyMatrix) -> Path:
     return _replace_atomically(Path(path), write)
 
 
-def write_heatmap(path: str | Path, m: AccuracyMatrix) -> Path:
-    """Draw the matrix as an annotated heatmap PNG (rows: zero-shot, after each task; columns: tasks)."""
+def plot_title(m: AccuracyMatrix, view: str = "") -> str:
+    """The heatmap's title: the view (e.g. ``task-aware``) and the run's Last / Average / BWT.
+
+    >>> plot_title(AccuracyMatrix(["a", "b"], [[80.0, 40.0], [70.0, 90.0]]), "task-aware")
+    'task-aware: accuracy after each task (R[i, j]: task j after training task i)\nLast 80.00 | Average 80.00 | BWT -10.00'
+    """
+    head = f"{view}: " if view else ""
+    s = summary(m)
+    numbers = f"Last {_fmt(s['last']['mean'])} | Average {_fmt(s['average']['mean'])} | BWT {_fmt(s['bwt'])}"
+    return f"{head}accuracy after each task (R[i, j]: task j after training task i)\n{numbers}"
+
+
+def write_heatmap(path: str | Path, m: AccuracyMatrix, view: str = "") -> Path:
+    """Draw the matrix as an annotated heatmap PNG (rows: zero-shot, after each task; columns: tasks).
+
+    The title names ``view`` and carries Last / Average / BWT (:func:`plot_title`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,7 +263,7 @@ def write_heatmap(path: str | Path, m: AccuracyMatrix) -> Path:
             for i, row in enumerate(rows):
                 for j, v in enumerate(row):
                     ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="w" if v < 60 else "k")
-        ax.set_title("accuracy matrix R[i, j]: score on task j after training task i")
+        ax.set_title(plot_title(m, view), fontsize=9)
         fig.colorbar(image, ax=ax)
         fig.tight_layout()
         return _replace_atomically(Path(path), lambda p: fig.savefig(p, format="png", dpi=100))
@@ -262,12 +277,18 @@ def save_all(
     heatmap: bool = True,
     stem: str = "continual_metrics",
     heatmap_name: str = HEATMAP_NAME,
+    view: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write ``<stem>.json``, ``<stem>.csv`` and (optionally) the heatmap (default ``accuracy_matrix.png``)."""
+    """Write ``<stem>.json``, ``<stem>.csv`` and (optionally) the heatmap (default ``accuracy_matrix.png``).
+
+    ``view`` names the scores in the plot's title; ``extra`` entries (e.g. ``finished``) are added to the JSON.
+    """
     directory = Path(directory)
-    paths = {"json": write_json(directory / f"{stem}.json", summary(m)), "csv": write_csv(directory / f"{stem}.csv", m)}
+    data = {**summary(m), **(extra or {})}
+    paths = {"json": write_json(directory / f"{stem}.json", data), "csv": write_csv(directory / f"{stem}.csv", m)}
     if heatmap:
-        paths["heatmap"] = write_heatmap(directory / heatmap_name, m)
+        paths["heatmap"] = write_heatmap(directory / heatmap_name, m, view)
     return paths
 
 

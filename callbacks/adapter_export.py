@@ -1,0 +1,65 @@
+"""Export the memory after every task as a small adapter folder, ready for :func:`moram.load_atoms`.
+
+A checkpoint resumes a run; an adapter folder is what a user keeps: after task ``t`` the callback
+writes ``<log_dir>/adapters/task<t>-<name>/`` (``atoms.safetensors`` + ``atoms.json``, written by
+:func:`moram.save_atoms`) holding every atom learned so far — task ``t``'s included — and nothing
+of the backbone. Loading it into the same backbone gives the model as it was after task ``t``.
+
+Works with any LightningModule whose model carries MoRAM atoms (``pl_module.model`` or the module
+itself) and whose atom settings are ``pl_module.atoms``; with a baseline method (no atoms) it
+writes nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from moram.protocols import clean_name
+
+
+class AdapterExportCallback(Callback):
+    """Write ``adapters/task<t>-<name>/`` after each task's training (see the module docstring).
+
+    Args:
+        output_dir: where the folders go; None means ``<trainer.log_dir>/adapters``.
+    """
+
+    def __init__(self, output_dir: str | Path | None = None) -> None:
+        self.output_dir = output_dir
+        self._dir: Path | None = None
+        self.written: list[Path] = []
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # trainer.log_dir is a collective (it broadcasts): resolved here on every rank
+        self._dir = Path(self.output_dir) if self.output_dir is not None else Path(trainer.log_dir or ".") / "adapters"
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from moram import save_atoms
+        from moram.atoms.inject import atom_layers
+
+        model: Any = getattr(pl_module, "model", None) or pl_module
+        config = getattr(pl_module, "atoms", None)
+        if config is None or not atom_layers(model) or self._dir is None:
+            return
+        datamodule: Any = trainer.datamodule
+        task = int(getattr(datamodule, "current_task", trainer.current_epoch))
+        names = list(getattr(datamodule, "task_names", []))
+        name = clean_name(str(names[task])).replace("/", "_") if task < len(names) else str(task)
+        target = self._dir / f"task{task}-{name}"
+        if trainer.is_global_zero:
+            self.written.append(save_atoms(model, target, config))
+        else:  # reading sharded atoms is a collective: every rank saves, only rank 0 keeps the files
+            scratch = tempfile.mkdtemp(prefix="moram-adapter-")
+            try:
+                save_atoms(model, scratch, config)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)

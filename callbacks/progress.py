@@ -1,0 +1,81 @@
+"""Plain progress lines for logs without a terminal (cluster jobs, ``nohup``, CI).
+
+A progress bar redraws one line in place, which a log file cannot show. When standard output is
+not a terminal, ``moram fit`` adds this callback: it prints one line when a task starts, one every
+``every_n_steps`` training steps, and one when a task's training ends::
+
+    [moram] task 2/5 'digits 2-3': started (step 100 of 500)
+    [moram] task 2/5 'digits 2-3': step 50/100, loss 0.4120, 12.3 s in this task, 61.0 s in all
+    [moram] task 2/5 'digits 2-3': trained (100 steps, 24.1 s)
+
+Only global rank zero prints. Works with any datamodule; task names come from a
+:class:`~moram.protocols.TaskStream` when there is one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from typing_extensions import override
+
+
+class ProgressLogCallback(Callback):
+    """Print a progress line per task and every ``every_n_steps`` steps (see the module docstring).
+
+    Args:
+        every_n_steps: steps between two lines within a task (0: task lines only).
+    """
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        if every_n_steps < 0:
+            raise ValueError(f"every_n_steps must be >= 0, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._start = self._task_start = time.monotonic()
+        self._task_step0 = 0
+
+    def _task(self, trainer: pl.Trainer) -> str:
+        datamodule: Any = getattr(trainer, "datamodule", None)
+        names = list(getattr(datamodule, "task_names", []) or [])
+        index = int(getattr(datamodule, "current_task", trainer.current_epoch))
+        total = len(names) or trainer.max_epochs or "?"
+        name = f" '{names[index]}'" if index < len(names) else ""
+        return f"task {index + 1}/{total}{name}"
+
+    @staticmethod
+    @rank_zero_only
+    def _print(line: str) -> None:
+        print(f"[moram] {line}", flush=True)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.monotonic()
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._task_start, self._task_step0 = time.monotonic(), trainer.global_step
+        total = trainer.estimated_stepping_batches
+        self._print(f"{self._task(trainer)}: started (step {trainer.global_step} of {total})")
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.every_n_steps or (batch_idx + 1) % self.every_n_steps:
+            return
+        per_task = trainer.num_training_batches
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        shown = f", loss {float(loss):.4f}" if loss is not None else ""
+        now = time.monotonic()
+        self._print(
+            f"{self._task(trainer)}: step {batch_idx + 1}/{per_task}{shown}, "
+            f"{now - self._task_start:.1f} s in this task, {now - self._start:.1f} s in all"
+        )
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        steps = trainer.global_step - self._task_step0
+        self._print(f"{self._task(trainer)}: trained ({steps} steps, {time.monotonic() - self._task_start:.1f} s)")
