@@ -8,11 +8,14 @@
 
 Each takes one data ``root`` (None: the ``MORAM_DATA`` environment variable); see
 :mod:`moram.data.benchmarks.registry` for the layout under it. ``num_tasks`` reads no data.
+Training images go through open_clip's training preprocessing (``train_transform: clip_train``, a
+random resized crop of scale 0.9-1, as the code that defines each protocol does:
+:class:`~moram.data.transforms.ClipTrainTransform`); ``eval`` trains on the evaluation transform.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,7 +26,13 @@ from moram.data.benchmarks.classnames import CIFAR100, TEMPLATES
 from moram.data.benchmarks.registry import BENCHMARKS, SplitChoice, get_benchmark
 from moram.data.folder import resolve_root
 from moram.data.tasks import Task
-from moram.data.transforms import ClipImageTransform, ImageTensorDataset
+from moram.data.transforms import (
+    ClipImageTransform,
+    ClipTrainTransform,
+    ImageTensorDataset,
+    TrainTransform,
+    use_train_transform,
+)
 
 XTAIL_ORDER: list[str] = [
     "fgvc_aircraft", "caltech101", "dtd", "eurosat", "flowers102",
@@ -46,6 +55,8 @@ class BenchmarkTasks:
         image_size: Side of the square CLIP input.
         split: ``official`` splits where a dataset has one, or CoOp's ``split_zhou_*.json`` splits;
             Caltech101, EuroSAT and SUN397 always use CoOp's (they have no official split).
+        train_transform: training images through open_clip's training preprocessing (``clip_train``:
+            random resized crop, scale 0.9-1) or the evaluation transform (``eval``: resize, centre crop).
     """
 
     option = "data.source.datasets"
@@ -56,6 +67,7 @@ class BenchmarkTasks:
         root: str | None = None,
         image_size: int = 224,
         split: SplitChoice = "official",
+        train_transform: TrainTransform = "clip_train",
     ) -> None:
         unknown = [d for d in datasets if d not in BENCHMARKS]
         if not datasets or unknown:
@@ -67,6 +79,7 @@ class BenchmarkTasks:
         if split not in ("official", "coop"):
             raise ValueError(f"data.source.split must be 'official' or 'coop', got {split!r}")
         self.datasets, self.root, self.image_size, self.split = list(datasets), root, image_size, split
+        self.train_transform = _check_train_transform(train_transform)
 
     @property
     def num_tasks(self) -> int:
@@ -74,7 +87,17 @@ class BenchmarkTasks:
 
     def build(self) -> list[Task]:
         root = resolve_root(self.root)
-        return [get_benchmark(d).load(root, self.image_size, self.split) for d in self.datasets]
+        tasks = [get_benchmark(d).load(root, self.image_size, self.split) for d in self.datasets]
+        if self.train_transform == "clip_train":
+            for task in tasks:
+                use_train_transform(task.train, ClipTrainTransform(self.image_size))
+        return tasks
+
+
+def _check_train_transform(value: str) -> TrainTransform:
+    if value not in ("clip_train", "eval"):
+        raise ValueError(f"data.source.train_transform must be 'clip_train' or 'eval', got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 class XTailTasks(BenchmarkTasks):
@@ -86,6 +109,8 @@ class XTailTasks(BenchmarkTasks):
         split: ``coop`` (default: CoOp's few-shot splits, as CLIP few-shot work prepares these domains) or
             ``official``.
         datasets: A sub-sequence of the ten domains (default: all ten, in the protocol's order).
+        train_transform: ``clip_train`` (default: open_clip's training preprocessing, as the official
+            X-TAIL trainer) or ``eval`` (the evaluation transform for training too).
 
     Example:
         >>> XTailTasks(root="/data").num_tasks
@@ -98,8 +123,9 @@ class XTailTasks(BenchmarkTasks):
         image_size: int = 224,
         split: SplitChoice = "coop",
         datasets: list[str] | None = None,
+        train_transform: TrainTransform = "clip_train",
     ) -> None:
-        super().__init__(list(XTAIL_ORDER if datasets is None else datasets), root, image_size, split)
+        super().__init__(list(XTAIL_ORDER if datasets is None else datasets), root, image_size, split, train_transform)
 
 
 class MTILTasks(BenchmarkTasks):
@@ -113,6 +139,8 @@ class MTILTasks(BenchmarkTasks):
         image_size: Side of the square CLIP input.
         split: ``official`` (default) or ``coop`` (see :class:`BenchmarkTasks`).
         datasets: Override the order's list (e.g. a shorter run); default: the order's eleven datasets.
+        train_transform: ``clip_train`` (default: open_clip's training preprocessing, as MoE-Adapters4CL's
+            MTIL trainer) or ``eval``.
 
     Example:
         >>> MTILTasks(order="II", root="/data").datasets[:3]
@@ -126,11 +154,13 @@ class MTILTasks(BenchmarkTasks):
         image_size: int = 224,
         split: SplitChoice = "official",
         datasets: list[str] | None = None,
+        train_transform: TrainTransform = "clip_train",
     ) -> None:
         if order not in MTIL_ORDERS:
             raise ValueError(f"data.source.order must be one of {sorted(MTIL_ORDERS)}, got {order!r}")
         self.order = order
-        super().__init__(list(MTIL_ORDERS[order] if datasets is None else datasets), root, image_size, split)
+        names = list(MTIL_ORDERS[order] if datasets is None else datasets)
+        super().__init__(names, root, image_size, split, train_transform)
 
 
 class CIFAR100CILTasks:
@@ -144,7 +174,9 @@ class CIFAR100CILTasks:
         steps: Number of tasks; a divisor of 100 (10, 20 and 50 are the usual ones).
         class_order_seed: Seed of the class order.
         root: The data root holding ``cifar-100-python/``; None reads ``MORAM_DATA``.
-        image_size: Side of the square CLIP input (32x32 images are upsampled bilinearly).
+        image_size: Side of the square CLIP input (32x32 images are upsampled bilinearly for testing).
+        train_transform: ``clip_train`` (default: open_clip's training preprocessing, bicubic random
+            resized crop of the 32x32 image) or ``eval`` (the test transform).
 
     Example:
         >>> CIFAR100CILTasks(steps=20, root="/data").num_tasks
@@ -157,12 +189,14 @@ class CIFAR100CILTasks:
         class_order_seed: int = 1993,
         root: str | None = None,
         image_size: int = 224,
+        train_transform: TrainTransform = "clip_train",
     ) -> None:
         if steps < 1 or 100 % steps:
             raise ValueError(f"data.source.steps must divide CIFAR-100's 100 classes (e.g. 10, 20, 50), got {steps}")
         if image_size < 1:
             raise ValueError(f"data.source.image_size must be positive, got {image_size}")
         self.steps, self.class_order_seed, self.root, self.image_size = steps, class_order_seed, root, image_size
+        self.train_transform = _check_train_transform(train_transform)
 
     @property
     def num_tasks(self) -> int:
@@ -179,6 +213,7 @@ class CIFAR100CILTasks:
             raise DatasetCorruptError(f"CIFAR-100: '{base / 'meta'}' has {len(names)} fine label names, not 100")
         arrays = [official.cifar100_arrays(base, split, how) for split in ("train", "test")]
         transform = ClipImageTransform(self.image_size)
+        train: Any = ClipTrainTransform(self.image_size) if self.train_transform == "clip_train" else transform
         order, per_task = self.class_order, 100 // self.steps
         tasks = []
         for t in range(self.steps):
@@ -186,10 +221,10 @@ class CIFAR100CILTasks:
             local = np.full(100, -1, dtype=np.int64)
             local[classes] = np.arange(per_task)
             sets = []
-            for images, labels in arrays:
+            for (images, labels), view in zip(arrays, (train, transform), strict=True):
                 keep = np.isin(labels, classes)
                 sets.append(ImageTensorDataset(torch.from_numpy(images[keep]), torch.from_numpy(local[labels[keep]]),
-                                               transform=transform))
+                                               transform=view))
             task = Task(f"cifar100 step {t + 1}", [CIFAR100[c] for c in classes], TEMPLATES["cifar100"], *sets)
             tasks.append(task.check())
         return tasks
