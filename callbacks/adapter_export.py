@@ -12,6 +12,7 @@ writes nothing.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,8 +21,6 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
-
-from moram.protocols import clean_name
 
 
 class AdapterExportCallback(Callback):
@@ -53,7 +52,7 @@ class AdapterExportCallback(Callback):
         datamodule: Any = trainer.datamodule
         task = int(getattr(datamodule, "current_task", trainer.current_epoch))
         names = list(getattr(datamodule, "task_names", []))
-        name = clean_name(str(names[task])).replace("/", "_") if task < len(names) else str(task)
+        name = re.sub(r"[^\w.-]+", "_", str(names[task])) if task < len(names) else str(task)
         target = self._dir / f"task{task}-{name}"
         if trainer.is_global_zero:
             self.written.append(save_atoms(model, target, config))

@@ -54,7 +54,12 @@ def quiet() -> None:
     # One-step tasks in tests and tiny streams are shorter than the logging interval; harmless.
     warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging")
     # Advertisements for cloud services, printed by Lightning on every run.
-    logging.getLogger("lightning.fabric.utilities.rank_zero").addFilter(_NoTips())
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning_utilities.core.rank_zero", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for target in [logger, *logger.handlers]:
+            if not any(isinstance(f, _NoTips) for f in target.filters):
+                target.addFilter(_NoTips())
     try:  # the shipped MiniLM text tower has a pooler CLIP never uses: transformers reports it unused
         from transformers.utils import logging as hf_logging
 
@@ -79,6 +84,7 @@ def continual_callbacks(configured: list[Callback], model: object = None) -> lis
     from moram.callbacks.task_boundary import TaskBoundaryCallback
 
     from moram.callbacks.adapter_export import AdapterExportCallback
+    from moram.callbacks.input_check import ImageSizeCheckCallback
     from moram.callbacks.progress import ProgressLogCallback
 
     defaults: list[Callback] = []
@@ -86,6 +92,8 @@ def continual_callbacks(configured: list[Callback], model: object = None) -> lis
         defaults.append(TaskBoundaryCallback())
     if not any(isinstance(c, AdapterExportCallback) for c in configured):
         defaults.append(AdapterExportCallback())
+    if not any(isinstance(c, ImageSizeCheckCallback) for c in configured):
+        defaults.append(ImageSizeCheckCallback())
     if not sys.stdout.isatty() and not any(isinstance(c, ProgressLogCallback) for c in configured):
         defaults.append(ProgressLogCallback())
     metric_names = {c.name for c in configured if isinstance(c, ContinualMetricsCallback)}

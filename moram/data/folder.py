@@ -5,7 +5,9 @@
     root/<domain>/train/<class name>/<image>.{jpg,jpeg,png,bmp,webp}
     root/<domain>/test/<class name>/<image>...
 
-Class names are the folder names with ``_`` read as spaces. Images are loaded on access and
+Class names are the folder names with ``_`` read as spaces. Every image is decoded once when
+the tasks are built (``check_images``), so an unreadable or truncated file stops the run before
+training, named, instead of crashing it hours later. Images are loaded on access and
 preprocessed like CLIP: resize the short side to ``image_size`` (bicubic), centre crop, normalise.
 This is the generic reader for users' own domains; the paper's benchmark datasets in their
 distributed layouts have their own readers.
@@ -66,6 +68,25 @@ class ImageFileDataset(Dataset):
         return tensor, int(self.labels[index])
 
 
+def check_image_files(files: list[Path]) -> None:
+    """Decode every file in full; raise ``ValueError`` naming the unreadable or truncated ones."""
+    from PIL import Image
+
+    bad: list[str] = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.load()  # a full decode: verify() misses truncated JPEGs
+        except (OSError, SyntaxError, ValueError) as err:
+            bad.append(f"'{path}' ({err})")
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(
+            f"{len(bad)} unreadable or truncated image(s): {'; '.join(bad[:3])}{more}; replace or delete "
+            "them (or set data.source.check_images: false to skip this check)"
+        )
+
+
 def _scan_split(domain_dir: Path, split: str, classes: list[str] | None) -> tuple[list[str], list[Path], list[int]]:
     split_dir = domain_dir / split
     if not split_dir.is_dir():
@@ -92,7 +113,11 @@ class FolderTasks:
         root: the data root; None reads the ``MORAM_DATA`` environment variable.
         templates: prompt template per domain (``{}`` is the class name); others use ``default_template``.
         default_template: the template of domains not in ``templates``.
-        image_size: side of the square images fed to the image tower.
+        image_size: side of the square images fed to the image tower; it must be the tower's own
+            size (32 for the shipped ``moram-tiny-minilm``, 224 for ViT-B/16): a mismatch is refused
+            before training, naming both.
+        check_images: decode every image once when the tasks are built and refuse unreadable or
+            truncated files, naming them (one pass over the data).
     """
 
     def __init__(
@@ -102,6 +127,7 @@ class FolderTasks:
         templates: dict[str, str] | None = None,
         default_template: str = "a photo of a {}.",
         image_size: int = 224,
+        check_images: bool = True,
     ) -> None:
         if not domains:
             raise ValueError("data.source.domains is empty; list the domain folders in task order")
@@ -110,6 +136,7 @@ class FolderTasks:
         self.templates = dict(templates or {})
         self.default_template = default_template
         self.image_size = image_size
+        self.check_images = check_images
 
     @property
     def num_tasks(self) -> int:
@@ -117,6 +144,11 @@ class FolderTasks:
 
     def build(self) -> list[Task]:
         root = resolve_root(self.root)
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"data.source.root '{root}' is not a folder; point it (or MORAM_DATA) at the folder holding "
+                "<domain>/{train,test}/<class>/<images>"
+            )
         tasks = []
         for domain in self.domains:
             domain_dir = root / domain
@@ -127,6 +159,8 @@ class FolderTasks:
                 )
             classes, train_files, train_labels = _scan_split(domain_dir, "train", None)
             _, test_files, test_labels = _scan_split(domain_dir, "test", classes)
+            if self.check_images:
+                check_image_files(train_files + test_files)
             task = Task(
                 name=domain,
                 classnames=[c.replace("_", " ") for c in classes],

@@ -1,0 +1,111 @@
+"""Checkpoints hold what a run cannot rebuild, and ``--ckpt_path last`` resumes the same run exactly."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_clip_cl import atoms_of, fit_args, run_fit
+
+from moram.checkpoint import CheckpointError, adapter_keys, strip_backbone
+from moram.cli import main
+
+EVERY_STEP = ("--trainer.callbacks.every_n_train_steps", "1")  # the config's ModelCheckpoint, every step
+
+
+def _ckpt_bytes(module: torch.nn.Module) -> int:
+    checkpoint = {"state_dict": module.state_dict()}
+    strip_backbone(module, checkpoint)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return buffer.tell()
+
+
+def test_checkpoint_holds_the_atoms_and_a_fingerprint_not_the_backbone(tmp_path, tiny_config):
+    cli, _, log_dir = run_fit(tmp_path, tiny_config, *EVERY_STEP)
+    ckpt = torch.load(log_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    keys = set(ckpt["state_dict"])
+    assert keys == adapter_keys(cli.model)
+    assert not any(".base." in k or "logit_scale" in k for k in keys)  # no frozen backbone tensor
+    assert any(k.endswith("frozen_keys") for k in keys) and any(k.endswith("current_keys") for k in keys)
+    info = ckpt["moram_checkpoint"]
+    assert info["backbone"]["options"]["model_config"] == str(tiny_config)
+    assert len(info["backbone"]["weights"]) == 16
+    assert {"optimizer_states", "lr_schedulers", "loops", "moram_rng"} <= set(ckpt)
+    # the memory after every task, as adapter folders
+    assert sorted(p.name for p in (log_dir / "adapters").iterdir()) == ["task0-synthetic_0", "task1-synthetic_1"]
+
+
+def test_llama_checkpoint_grows_with_the_atoms_not_the_backbone():
+    from moram import AtomConfig
+    from moram.lm_module import LMContinualModule
+
+    def llama(hidden: int, intermediate: int, vocab: int, rank: int) -> LMContinualModule:
+        config = {"model_type": "llama", "hidden_size": hidden, "intermediate_size": intermediate,
+                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "vocab_size": vocab, "max_position_embeddings": 64}
+        module = LMContinualModule(model=None, config=config, tokenizer="char",
+                                   atoms=AtomConfig(rank=rank, top_k=rank, max_tasks=2))
+        module.configure_model()
+        return module
+
+    small = _ckpt_bytes(llama(64, 128, 256, rank=4))
+    wide_mlp_big_vocab = _ckpt_bytes(llama(64, 2048, 8192, rank=4))  # backbone ~8x larger, same atoms
+    more_atoms = _ckpt_bytes(llama(64, 128, 256, rank=8))
+    assert wide_mlp_big_vocab < small * 1.05
+    assert more_atoms > small * 1.5
+
+
+def test_resume_with_last_continues_the_same_run_and_ends_like_an_uninterrupted_one(tmp_path, tiny_config):
+    full_cli, full, _ = run_fit(tmp_path / "full", tiny_config, *EVERY_STEP)
+    root = tmp_path / "run"
+    main(fit_args(root, tiny_config, *EVERY_STEP, "--trainer.max_steps", "4"))  # stopped inside task 2
+    log_dir = root / "lightning_logs" / "version_0"
+    assert json.loads((log_dir / "continual_metrics.json").read_text())["finished"] is False
+    resumed_cli, resumed, resumed_dir = run_fit(root, tiny_config, *EVERY_STEP, "--ckpt_path", "last")
+    assert resumed_dir == log_dir  # the same run folder, no version_1
+    assert sorted(p.name for p in (root / "lightning_logs").iterdir()) == ["version_0"]
+    assert resumed["finished"] is True
+    assert resumed["matrix"] == full["matrix"]
+    for (k1, v1), (k2, v2) in zip(atoms_of(full_cli), atoms_of(resumed_cli), strict=True):
+        assert torch.equal(k1, k2)
+        assert torch.equal(v1, v2)
+
+
+def test_last_without_a_checkpoint_is_an_error(tmp_path, tiny_config):
+    with pytest.raises(FileNotFoundError, match=r"--ckpt_path last: no last checkpoint in .*lightning_logs"):
+        main(fit_args(tmp_path, tiny_config, "--ckpt_path", "last"))
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_checkpoint_of_another_backbone_is_refused(tmp_path, tiny_config):
+    _, _, log_dir = run_fit(tmp_path / "a", tiny_config, *EVERY_STEP)
+    # same options, other random backbone weights (the tiny model is built from the seed)
+    with pytest.raises(CheckpointError, match=r"trained on another backbone: checkpoint .* weights \w+, this run"):
+        main(fit_args(tmp_path / "b", tiny_config, "--seed_everything", "1",
+                      "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")))
+
+
+def test_old_full_checkpoint_still_loads(tmp_path, tiny_config):
+    fit_cli, fitted, log_dir = run_fit(tmp_path / "fit", tiny_config, *EVERY_STEP)
+    ckpt = torch.load(log_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    del ckpt["moram_checkpoint"]  # as written before adapter-only checkpoints: the backbone included
+    ckpt["state_dict"] = {k: v.clone() for k, v in fit_cli.model.state_dict().items()}
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    args = fit_args(tmp_path / "test", tiny_config, "--ckpt_path", str(old))
+    cli = main(["test", *args[1:]])
+    for name, score in zip(fitted["task_names"], fitted["matrix"][-1], strict=True):
+        assert float(cli.trainer.callback_metrics[f"test/score/{name}"]) == pytest.approx(score)
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    from test_clip_cl import TINY
+
+    path = tmp_path / "tiny_clip.json"
+    path.write_text(json.dumps(TINY))
+    return path
