@@ -1,0 +1,85 @@
+"""A bad option, file or checkpoint ends ``moram`` with one short message naming it, and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from test_clip_cl import fit_args
+
+from moram.cli import TRACEBACK_ENV, entry
+
+
+def run_entry(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["moram", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        entry()
+    return int(exit_info.value.code or 0), capsys.readouterr().err
+
+
+BAD = {
+    "rank": (["--model.atoms.rank", "0"], r"model\.atoms\.rank must be an integer >= 1, got 0"),
+    "top_k": (["--model.atoms.top_k", "0"], r"model\.atoms\.top_k"),
+    "temperature": (["--model.atoms.temperature", "0"], r"model\.atoms\.temperature"),
+    "dropout": (["--model.atoms.dropout", "1.5"], r"model\.atoms\.dropout"),
+    "threshold": (["--model.atoms.threshold", "2"], r"model\.atoms\.threshold"),
+    "batch_size": (["--data.batch_size", "0"], r"data\.batch_size must be a positive integer, got 0"),
+    "data_root": (["--data.source", "moram.data.folder.FolderTasks", "--data.source.domains", "[a]",
+                   "--data.source.root", "/nonexistent/moram-data"], r"data\.source\.root '/nonexistent/moram-data'"),
+    "model_name": (["--model.model_config", "null", "--model.model_name", "NoSuchModel-B-99"], r"NoSuchModel-B-99"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_message_naming_it(monkeypatch, capsys, tmp_path, tiny_config, case):
+    extra, pattern = BAD[case]
+    code, err = run_entry(monkeypatch, capsys, fit_args(tmp_path, tiny_config, *extra))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) <= 2, err  # the message and the hint to the traceback
+    assert lines[0].startswith("moram: error: ")
+    assert __import__("re").search(pattern, lines[0]), lines[0]
+    assert TRACEBACK_ENV in lines[-1]
+
+
+def test_checkpoint_of_another_backbone_is_one_message(monkeypatch, capsys, tmp_path, tiny_config):
+    from moram.cli import main
+
+    main(fit_args(tmp_path / "a", tiny_config, "--trainer.max_steps", "1",
+                  "--trainer.callbacks.every_n_train_steps", "1"))
+    last = tmp_path / "a" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    code, err = run_entry(monkeypatch, capsys, fit_args(tmp_path / "b", tiny_config, "--seed_everything", "1",
+                                                        "--ckpt_path", str(last)))
+    assert code == 2
+    assert err.startswith(f"moram: error: the checkpoint {last} was trained on another backbone")
+    assert len(err.strip().splitlines()) <= 2
+
+
+def test_the_traceback_is_one_switch_away(monkeypatch, tmp_path, tiny_config):
+    monkeypatch.setenv(TRACEBACK_ENV, "1")
+    monkeypatch.setattr(sys, "argv", ["moram", *fit_args(tmp_path, tiny_config, "--model.atoms.rank", "0")])
+    with pytest.raises(Exception, match="rank must be an integer"):
+        entry()
+
+
+@pytest.mark.slow
+def test_console_script_prints_one_message(tmp_path, tiny_config):
+    proc = subprocess.run([sys.executable, "-m", "moram.cli", *fit_args(tmp_path, tiny_config, "--data.batch_size",
+                                                                        "0")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) < 5, proc.stderr
+    assert "moram: error: data.batch_size" in proc.stderr
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    import json
+
+    from test_clip_cl import TINY
+
+    path = tmp_path / "tiny_clip.json"
+    path.write_text(json.dumps(TINY))
+    return path
