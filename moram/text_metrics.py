@@ -6,33 +6,54 @@ leading and trailing whitespace first (a decoded answer often starts with a spac
 one string or a list of strings; with several, an example scores the best over them, except SARI,
 which uses them all at once, as its definition does.
 
+Which metrics use torchmetrics (checked against torchmetrics 1.9.0, ``torchmetrics.functional.text``; each
+difference below is shown on a concrete case in ``tests/test_text_metrics.py``, torchmetrics' number computed there):
+torchmetrics gives none of the five benchmark definitions, so each score is our own; torchmetrics serves SARI's
+``13a`` tokenisation, which is sacreBLEU's, and is used through :func:`tokenize_13a`.
+
 - ``accuracy`` (TRACE's classification score, ``caculate_accuracy``): 100 when the prediction equals the
   reference, else 0. TRACE's ScienceQA rule is built in: when the reference starts with
   ``"Answer: "`` (ScienceQA's ``"Answer: B\nBecause ..."`` format), both sides are reduced to the one
   character after their first ``"Answer: "`` (nothing if absent), as TRACE's ``eval_ScienceQA.resolve``
   does, so the reasoning that follows does not count. An empty prediction or reference scores 0 (TRACE
-  skips such pairs but still divides by their number).
+  skips such pairs but still divides by their number). *Not torchmetrics*: its classification accuracy
+  takes class indices, not generated strings, and its only string match, ``squad``'s exact match,
+  lowercases and drops punctuation and articles, while TRACE compares the raw strings (``"Dovish"`` vs
+  ``"dovish"``: TRACE 0, ``squad`` 100).
 - ``exact_match`` (O-LoRA's and Super-NaturalInstructions' ``exact_match``): both sides are lowercased,
   stripped of ASCII punctuation (:data:`string.punctuation`) and their whitespace runs collapsed to
-  one space (``" ".join(text.split())``); 100 when equal. Two empty strings match.
-- ``rouge_l`` (ROUGE-L F-measure, TRACE's MeetingBank score): tokens are the runs of letters and digits
-  of the lowercased text (rouge-score's default tokenizer without stemming, except that non-ASCII letters
-  are kept rather than dropped); with ``L`` the longest common subsequence of the token lists,
-  P = L / len(prediction), R = L / len(reference), F = 2PR / (P + R). Empty text scores 0.
-  TRACE itself calls the ``rouge`` package (whitespace tokens, sentences split at ``"."``, union LCS and
-  ``beta = P / R``), whose numbers differ slightly from this standard definition.
+  one space (``" ".join(text.split())``); 100 when equal. Two empty strings match. *Not torchmetrics*:
+  ``squad``'s exact match is SQuAD v1.1's normalisation, which also removes the articles a/an/the; the
+  Super-NaturalInstructions code adapts it "without removing the articles" (``"the answer"`` vs
+  ``"answer"``: ours 0, ``squad`` 100; equal on text without articles).
+- ``rouge_l`` (TRACE's MeetingBank score): the ROUGE-L F of the ``rouge`` package (pltrdy) 1.0.1, which
+  TRACE pins and calls as ``Rouge(metrics=["rouge-l"]).get_scores(target, prediction)["rouge-l"]["f"]``
+  (reference as hypothesis). The text is split into sentences at every ``"."`` (empty pieces dropped) and
+  each sentence into words at single spaces after collapsing whitespace: case and punctuation other than
+  ``"."`` are kept. Counts are of *distinct* words (``exclusive=True``): m and n the distinct words of
+  prediction and reference, L the distinct words of the union, over every pair of a prediction sentence
+  and a reference sentence, of their longest common subsequence (recovered by the package's backtrack);
+  P = L / n, R = L / m, F = 2PR / (P + R + 1e-8). Text without a sentence (empty, only dots) scores 0
+  (the package raises). *Not torchmetrics*: its ``rouge_score(rouge_keys="rougeL")`` is Google
+  rouge-score's: lowercased ``[a-z0-9]`` runs, one LCS of the whole texts counted with repetition
+  (``"The cat sat on the mat."`` vs ``"the cat lay on a mat"``: TRACE 50, torchmetrics 66.7; ``"the the
+  the"`` vs ``"the"``: TRACE 100, torchmetrics 50).
 - ``edit_similarity`` (TRACE's Py150 score): fuzzywuzzy's ``fuzz.ratio`` as TRACE installs it (fuzzywuzzy
   without python-Levenshtein, so :class:`difflib.SequenceMatcher`): ``round(100 * ratio)`` with
   ratio = 2M / (len(a) + len(b)) over characters, M the characters of the matching blocks; 100 when the
   strings are equal, 0 when either is empty. Py150's literal placeholders are resolved first on both
   sides (TRACE's ``eval_Py150.postprocess``): ``<NUM_LIT>`` → ``0``, ``<STR_LIT>`` and ``<CHAR_LIT>`` →
-  nothing, ``<STR_LIT:x>`` / ``<NUM_LIT:x>`` / ``<CHAR_LIT:x>`` → ``x``.
+  nothing, ``<STR_LIT:x>`` / ``<NUM_LIT:x>`` / ``<CHAR_LIT:x>`` → ``x``. *Not torchmetrics*: its
+  ``edit_distance`` is the Levenshtein distance (substitutions cost 1), a count with no similarity
+  scale; no normalisation of it gives difflib's matching-block ratio (``"kitten"`` vs ``"sitting"``:
+  distance 3, 1 - 3/7 = 57; TRACE 62. ``"abc"`` vs ``"acb"``: distance 2, 1 - 2/3 = 33; TRACE 67).
 - ``sari`` (Xu et al. 2016, as Hugging Face ``evaluate``'s ``sari``, which TRACE calls for 20Minuten):
-  source, prediction and references are lowercased and tokenised with sacreBLEU's ``13a`` tokenizer,
-  split on single spaces; for n = 1..4 the keep F1, the deletion precision and the addition F1 are
-  computed from n-gram counts (each source and prediction count multiplied by the number of
-  references; 0/0 counts as 1), averaged over n, and SARI is the mean of the three. It needs the
-  ``sources``; TRACE passes each example's full prompt (instruction and article) as the source.
+  source, prediction and references are lowercased and tokenised with sacreBLEU's ``13a`` tokenizer
+  (torchmetrics' copy, :func:`tokenize_13a`), split on single spaces; for n = 1..4 the keep F1, the
+  deletion precision and the addition F1 are computed from n-gram counts (each source and prediction
+  count multiplied by the number of references; 0/0 counts as 1), averaged over n, and SARI is the mean
+  of the three. It needs the ``sources``; TRACE passes each example's full prompt (instruction and
+  article) as the source. *Not torchmetrics*: torchmetrics 1.9.0 has no SARI.
 
 Example:
     >>> example_scores("exact_match", ["The  Answer."], ["the answer"])
@@ -49,18 +70,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from difflib import SequenceMatcher
 
+from torchmetrics.functional.text.sacre_bleu import _SacreBLEUTokenizer
+
 Reference = str | Sequence[str]
 
 _PUNCTUATION = frozenset(string.punctuation)
-_WORD = re.compile(r"[^\W_]+")  # runs of letters and digits (Unicode), what rouge-score keeps of [a-z0-9]
 _ANSWER = "Answer: "
 _LITERAL = re.compile(r"<(STR|NUM|CHAR)_LIT:(.*?)>", re.S)
-_13A = [
-    (re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),  # punctuation and symbols
-    (re.compile(r"([^0-9])([\.,])"), r"\1 \2 "),  # period and comma unless preceded by a digit
-    (re.compile(r"([\.,])([^0-9])"), r" \1 \2"),  # period and comma unless followed by a digit
-    (re.compile(r"([0-9])(-)"), r"\1 \2 "),  # dash preceded by a digit
-]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -76,28 +92,44 @@ def normalize_answer(text: str) -> str:
     return " ".join("".join(ch for ch in text.lower() if ch not in _PUNCTUATION).split())
 
 
-def rouge_tokens(text: str) -> list[str]:
-    """The ``rouge_l`` tokens: runs of letters and digits of the lowercased text.
+def rouge_sentences(text: str) -> list[list[str]]:
+    """The ``rouge_l`` sentences and words, as the ``rouge`` package 1.0.1 splits them.
+
+    Sentences are the non-empty pieces between ``"."``; a sentence's words are its whitespace-separated
+    runs joined by one space, then split at ``" "`` (so a piece of only spaces is one empty word).
 
     Example:
-        >>> rouge_tokens("The cat's hat, 2x!")
-        ['the', 'cat', 's', 'hat', '2x']
+        >>> rouge_sentences("The cat's  hat. It's 2.5")
+        [['The', "cat's", 'hat'], ["It's", '2'], ['5']]
     """
-    return _WORD.findall(text.lower())
+    return [" ".join(piece.split()).split(" ") for piece in text.split(".") if piece]
 
 
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence of two token lists (dynamic programming, O(len(a) len(b)))."""
-    if len(a) < len(b):
-        a, b = b, a
-    row = [0] * (len(b) + 1)
-    for x in a:
-        diagonal = 0
-        for j, y in enumerate(b, start=1):
-            above = row[j]
-            row[j] = diagonal + 1 if x == y else max(row[j], row[j - 1])
-            diagonal = above
-    return row[-1]
+def lcs_words(x: Sequence[str], y: Sequence[str]) -> set[str]:
+    """The distinct words of the longest common subsequence of ``x`` and ``y`` that the ``rouge`` package recovers.
+
+    Its backtrack from the end: take a match, else step back in ``x`` when that keeps a strictly longer
+    LCS, else step back in ``y``; among several LCSs this picks the same one, and so the same words.
+
+    Example:
+        >>> sorted(lcs_words("the cat sat on the mat".split(), "a cat on the mat sat".split()))
+        ['cat', 'mat', 'on', 'the']
+    """
+    table = [[0] * (len(y) + 1) for _ in range(len(x) + 1)]
+    for i, a in enumerate(x, start=1):
+        for j, b in enumerate(y, start=1):
+            table[i][j] = table[i - 1][j - 1] + 1 if a == b else max(table[i - 1][j], table[i][j - 1])
+    words: set[str] = set()
+    i, j = len(x), len(y)
+    while i and j:
+        if x[i - 1] == y[j - 1]:
+            words.add(x[i - 1])
+            i, j = i - 1, j - 1
+        elif table[i - 1][j] > table[i][j - 1]:
+            i -= 1
+        else:
+            j -= 1
+    return words
 
 
 def py150_postprocess(code: str) -> str:
@@ -114,17 +146,14 @@ def py150_postprocess(code: str) -> str:
 def tokenize_13a(text: str) -> str:
     """The ``13a`` tokenisation of sacreBLEU (mteval-v13a): split punctuation off words; one space between tokens.
 
+    This is torchmetrics' copy of sacreBLEU's tokenizer (``_SacreBLEUTokenizer._tokenize_13a``, what its
+    ``sacre_bleu_score(tokenize="13a")`` uses); it keeps case, SARI lowercases first.
+
     Example:
         >>> tokenize_13a("Hello, world. It costs 3.50-4 &amp; more!")
         'Hello , world . It costs 3.50 - 4 & more !'
     """
-    text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
-    for entity, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
-        text = text.replace(entity, char)
-    text = f" {text} "
-    for pattern, replacement in _13A:
-        text = pattern.sub(replacement, text)
-    return " ".join(text.split())
+    return _SacreBLEUTokenizer._tokenize_13a(text)
 
 
 def answer_choice(text: str) -> str:
@@ -161,12 +190,19 @@ def exact_match_score(prediction: str, reference: str) -> float:
 
 
 def rouge_l_score(prediction: str, reference: str) -> float:
-    """ROUGE-L F-measure of one pair, 0–100."""
-    predicted, target = rouge_tokens(prediction), rouge_tokens(reference)
-    if not predicted or not target:
+    """ROUGE-L F of one pair as TRACE computes it with the ``rouge`` package 1.0.1, 0–100 (see the module docstring)."""
+    # TRACE calls get_scores(target, prediction): the reference is the package's hypothesis.
+    evaluated, against = rouge_sentences(reference.strip()), rouge_sentences(prediction.strip())
+    if not evaluated or not against:
         return 0.0
-    common = lcs_length(predicted, target)
-    return 100.0 * _f1(common / len(predicted), common / len(target))
+    m = len({word for sentence in against for word in sentence})
+    n = len({word for sentence in evaluated for word in sentence})
+    union: set[str] = set()
+    for sentence in against:
+        for other in evaluated:
+            union |= lcs_words(sentence, other)
+    precision, recall = len(union) / n, len(union) / m
+    return 100.0 * 2.0 * precision * recall / (precision + recall + 1e-8)
 
 
 def edit_similarity_score(prediction: str, reference: str) -> float:
@@ -265,8 +301,8 @@ def example_scores(
             without sources, or an example with an empty list of references.
 
     Example:
-        >>> example_scores("rouge_l", ["the cat sat"], [["a dog", "the cat sat down"]])
-        [85.71428571428571]
+        >>> [round(s, 4) for s in example_scores("rouge_l", ["the cat sat"], [["a dog", "the cat sat down"]])]
+        [85.7143]
     """
     if metric not in METRICS:
         raise ValueError(f"unknown text metric {metric!r}; valid metrics: {list(METRICS)}")

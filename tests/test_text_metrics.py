@@ -1,8 +1,13 @@
-"""Text metrics against values worked out by hand, a published SARI value, and the edge cases."""
+"""Text metrics against values worked out by hand, a published SARI value, the edge cases, and torchmetrics.
+
+For each metric the case where torchmetrics' definition gives a different number from the benchmark's is
+shown with torchmetrics' value computed here (torchmetrics 1.9.0 checked).
+"""
 
 from __future__ import annotations
 
 import pytest
+from torchmetrics.functional.text import edit_distance, rouge_score, sacre_bleu_score, squad
 
 from moram import text_metrics as tm
 from moram.data.text import TEXT_METRICS
@@ -33,6 +38,20 @@ def test_accuracy_of_empty_text_is_zero_as_in_trace():
     assert tm.example_scores("accuracy", ["", "  ", "x"], ["", "", ""]) == [0.0, 0.0, 0.0]
 
 
+def _squad_exact_match(prediction: str, reference: str) -> float:
+    """torchmetrics' only string-match score (SQuAD v1.1's exact match), 0-100."""
+    preds = [{"prediction_text": prediction, "id": "0"}]
+    target = [{"answers": {"answer_start": [0], "text": [reference]}, "id": "0"}]
+    return float(squad(preds, target)["exact_match"])
+
+
+def test_accuracy_differs_from_torchmetrics_squad_exact_match():
+    # TRACE compares raw strings; squad's exact match lowercases and drops punctuation and articles.
+    assert _squad_exact_match("Dovish", "dovish") == 100.0
+    assert tm.example_scores("accuracy", ["Dovish"], ["dovish"]) == [0.0]
+    assert _squad_exact_match("dovish", "dovish") == tm.example_scores("accuracy", ["dovish"], ["dovish"])[0] == 100.0
+
+
 # ------------------------------------------------------------------------------------------ exact_match
 
 
@@ -44,38 +63,83 @@ def test_exact_match_normalisation():
     assert tm.example_scores("exact_match", predictions, references) == [100.0, 100.0, 0.0, 100.0]
 
 
+def test_exact_match_keeps_articles_unlike_torchmetrics_squad():
+    # Super-NaturalInstructions adapts SQuAD's normalisation "without removing the articles"; squad removes them.
+    assert _squad_exact_match("the answer", "answer") == 100.0
+    assert tm.example_scores("exact_match", ["the answer"], ["answer"]) == [0.0]
+    # without articles the two normalisations agree
+    for prediction, reference in [("Science, or Technology!", "science or technology"), ("Science", "Science or")]:
+        [ours] = tm.example_scores("exact_match", [prediction], [reference])
+        assert ours == _squad_exact_match(prediction, reference)
+
+
 # ---------------------------------------------------------------------------------------------- rouge_l
 
 
-def test_rouge_l_by_hand_symmetric_case():
-    # prediction tokens: the cat sat on the mat (6)   reference tokens: the cat lay on a mat (6)
-    # LCS = the, cat, on, mat -> 4;  P = 4/6, R = 4/6, F = 2PR/(P+R) = 2/3
+def _torchmetrics_rouge_l(prediction: str, reference: str) -> float:
+    return 100.0 * float(rouge_score(prediction, reference, rouge_keys=("rougeL",))["rougeL_fmeasure"])
+
+
+def test_rouge_l_keeps_case_and_punctuation_as_trace_unlike_torchmetrics():
+    # rouge 1.0.1 (TRACE): words split at spaces, case kept, the final "." ends a sentence.
+    # prediction words: The cat sat on the mat (6 distinct: The != the)   reference: the cat lay on a mat (6)
+    # LCS = cat, on, mat -> 3;  P = 3/6, R = 3/6, F = 1/2 (less 1e-8 in the denominator)
     [score] = tm.example_scores("rouge_l", ["The cat sat on the mat."], ["the cat lay on a mat"])
+    assert score == pytest.approx(50.0)
+    # torchmetrics (Google rouge-score): lowercased [a-z0-9] runs, LCS the cat on mat = 4 of 6 -> F = 2/3
+    assert _torchmetrics_rouge_l("The cat sat on the mat.", "the cat lay on a mat") == pytest.approx(200 / 3, abs=1e-4)
+
+
+def test_rouge_l_counts_distinct_words_as_trace_unlike_torchmetrics():
+    # rouge 1.0.1 counts distinct words: "the the the" has 1, so P = R = 1/1.
+    [score] = tm.example_scores("rouge_l", ["the the the"], ["the"])
+    assert score == pytest.approx(100.0)
+    # torchmetrics counts every token: LCS 1, P = 1/3, R = 1 -> F = 1/2
+    assert _torchmetrics_rouge_l("the the the", "the") == pytest.approx(50.0, abs=1e-4)
+
+
+def test_rouge_l_unions_the_lcs_over_sentences():
+    # prediction sentences "b a" and "c"; reference "a b c" (one sentence), every word distinct.
+    # LCS("b a", "a b c") has one word, "a" or "b"; the package's backtrack of x = [b, a], y = [a, b, c]:
+    # (2,3) a != c, table[1][3] = 1 not > table[2][2] = 1 -> j = 2;
+    # (2,2) a != b, table[1][2] = 1 not > table[2][1] = 1 -> j = 1; (2,1) a == a -> take "a".
+    # LCS("c", "a b c") = {c}. Union {a, c} = 2; m = n = 3 -> P = R = F = 2/3.
+    [score] = tm.example_scores("rouge_l", ["b a. c"], ["a b c"])
     assert score == pytest.approx(200 / 3)
+    assert tm.lcs_words(["b", "a"], ["a", "b", "c"]) == {"a"}
+    # torchmetrics: one LCS of "b a c" and "a b c" = 2 tokens of 3 -> 2/3 as well here
+    assert _torchmetrics_rouge_l("b a. c", "a b c") == pytest.approx(200 / 3, abs=1e-4)
 
 
 def test_rouge_l_by_hand_asymmetric_case():
     # prediction: police killed the gunman (4)   reference: the gunman was killed by police (6)
     # "police killed" is out of order in the reference; LCS = "the gunman" -> 2
-    # P = 2/4 = 0.5, R = 2/6 = 1/3, F = 2 * (1/6) / (5/6) = 0.4
+    # P = 2/6, R = 2/4, F = 2 * (1/6) / (5/6) = 0.4; torchmetrics agrees on this lowercase, unpunctuated text
     [score] = tm.example_scores("rouge_l", ["police killed the gunman"], ["the gunman was killed by police"])
     assert score == pytest.approx(40.0)
+    assert _torchmetrics_rouge_l("police killed the gunman", "the gunman was killed by police") == pytest.approx(
+        40.0, abs=1e-4)
 
 
-def test_rouge_l_tokeniser_and_lcs():
-    assert tm.rouge_tokens("Don't STOP-me, 2x!") == ["don", "t", "stop", "me", "2x"]
-    assert tm.rouge_tokens("Zürich größer") == ["zürich", "größer"]  # non-ASCII letters are kept
-    assert tm.lcs_length("abcbdab", "bdcaba") == 4  # the textbook example (e.g. "bcba")
-    assert tm.lcs_length([], ["a"]) == 0
+def test_rouge_l_sentences_and_lcs_words():
+    assert tm.rouge_sentences("Don't STOP-me,  2x!") == [["Don't", "STOP-me,", "2x!"]]
+    assert tm.rouge_sentences("A. B.. 3.5") == [["A"], ["B"], ["3"], ["5"]]
+    assert tm.rouge_sentences("a. . b") == [["a"], [""], ["b"]]  # a piece of spaces is one empty word
+    assert tm.rouge_sentences("...") == []
+    # the textbook example has three LCSs of length 4 (bcba, bcab, bdab); the backtrack from the end finds "bdab"
+    assert tm.lcs_words(list("abcbdab"), list("bdcaba")) == {"b", "d", "a"}
+    assert tm.lcs_words([], ["a"]) == set()
 
 
 def test_rouge_l_edges():
-    scores = tm.example_scores("rouge_l", ["same words here", "", "...", "x"], ["Same words, here!", "a", "a", ""])
-    assert scores == [100.0, 0.0, 0.0, 0.0]
+    # case and attached punctuation count: "words," != "words"; text without a sentence scores 0
+    scores = tm.example_scores("rouge_l", ["same words here", "Same words, here!", "", "...", "x"],
+                               ["same words here.", "same words here", "a", "a", ""])
+    assert scores == pytest.approx([100.0, 0.0, 0.0, 0.0, 0.0])
 
 
 def test_multiple_references_take_the_best():
-    # "the cat sat" vs "a dog": LCS 0;  vs "the cat sat down": LCS 3, P = 1, R = 3/4, F = 6/7
+    # "the cat sat" vs "a dog": LCS 0;  vs "the cat sat down": LCS 3, P = 3/4, R = 1, F = 6/7
     [score] = tm.example_scores("rouge_l", ["the cat sat"], [["a dog", "the cat sat down"]])
     assert score == pytest.approx(600 / 7)
     assert tm.example_scores("accuracy", ["b"], [("a", "b")]) == [100.0]
@@ -91,6 +155,19 @@ def test_edit_similarity_by_hand():
     # "return x" vs "return y": M = 7 ("return "), ratio = 14/16 -> 87.5 -> round half to even = 88.
     scores = tm.example_scores("edit_similarity", ["kitten", "return x"], ["sitting", "return y"])
     assert scores == [62.0, 88.0]
+
+
+def test_edit_similarity_is_not_torchmetrics_levenshtein():
+    # torchmetrics' edit_distance is the Levenshtein distance: kitten -> sitting 3, abc -> acb 2 (two substitutions)
+    distances = edit_distance(["kitten", "abc"], ["sitting", "acb"], reduction="none").tolist()
+    assert distances == [3, 2]
+    # normalised by the longer string: 100 (1 - 3/7) = 57.1 and 100 (1 - 2/3) = 33.3; TRACE's difflib ratio:
+    # kitten/sitting 2*4/13 -> 62 (see above); abc/acb: block "a", then "b" (a[1], b[2]), nothing after -> M = 2,
+    # 2*2/6 -> 67
+    levenshtein = [100 * (1 - d / max(len(a), len(b))) for d, a, b in zip(distances, ["kitten", "abc"],
+                                                                          ["sitting", "acb"], strict=True)]
+    assert levenshtein == pytest.approx([400 / 7, 100 / 3])
+    assert tm.example_scores("edit_similarity", ["kitten", "abc"], ["sitting", "acb"]) == [62.0, 67.0]
 
 
 def test_edit_similarity_resolves_py150_literals_and_edges():
@@ -141,6 +218,15 @@ def test_sari_normalisation_is_lowercase_13a():
     assert tm.tokenize_13a("Hi, you.  It's 3.5-4 &amp; more!") == "Hi , you . It's 3.5 - 4 & more !"
     one = tm.example_scores("sari", ["The Cat."], ["the cat ."], sources=["THE CAT SAT."])
     assert one == pytest.approx([100.0])
+
+
+def test_tokenize_13a_is_sacrebleu_13a_as_in_torchmetrics():
+    # tokenize_13a is torchmetrics' copy of sacreBLEU's 13a; a sentence BLEU of a text against its own
+    # tokenisation is 100 only if the 13a tokenizer maps both to the same tokens.
+    for text in ["Hi, you.  It's 3.5-4 &amp; more!", "a/b (c) [d] {e} \"q\" x-\ny <skipped>z"]:
+        tokens = tm.tokenize_13a(text)
+        assert float(sacre_bleu_score([tokens], [[text]], tokenize="13a")) == pytest.approx(1.0)
+    assert tm.tokenize_13a("x-\ny\nz") == "xy z"
 
 
 def test_sari_needs_sources():
