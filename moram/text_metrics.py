@@ -49,7 +49,7 @@ torchmetrics gives none of the five benchmark definitions, so each score is our 
   distance 3, 1 - 3/7 = 57; TRACE 62. ``"abc"`` vs ``"acb"``: distance 2, 1 - 2/3 = 33; TRACE 67).
 - ``sari`` (Xu et al. 2016, as Hugging Face ``evaluate``'s ``sari``, which TRACE calls for 20Minuten):
   source, prediction and references are lowercased and tokenised with sacreBLEU's ``13a`` tokenizer
-  (torchmetrics' copy, :func:`tokenize_13a`), split on single spaces; for n = 1..4 the keep F1, the
+  (:func:`tokenize_13a`, equal to torchmetrics'), split on single spaces; for n = 1..4 the keep F1, the
   deletion precision and the addition F1 are computed from n-gram counts (each source and prediction
   count multiplied by the number of references; 0/0 counts as 1), averaged over n, and SARI is the mean
   of the three. It needs the ``sources``; TRACE passes each example's full prompt (instruction and
@@ -70,11 +70,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from difflib import SequenceMatcher
 
-from torchmetrics.functional.text.sacre_bleu import _SacreBLEUTokenizer
-
 Reference = str | Sequence[str]
 
 _PUNCTUATION = frozenset(string.punctuation)
+_13A = [
+    (re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),  # punctuation and symbols
+    (re.compile(r"([^0-9])([\.,])"), r"\1 \2 "),  # period and comma unless preceded by a digit
+    (re.compile(r"([\.,])([^0-9])"), r" \1 \2"),  # period and comma unless followed by a digit
+    (re.compile(r"([0-9])(-)"), r"\1 \2 "),  # dash preceded by a digit
+]
 _ANSWER = "Answer: "
 _LITERAL = re.compile(r"<(STR|NUM|CHAR)_LIT:(.*?)>", re.S)
 
@@ -146,14 +150,20 @@ def py150_postprocess(code: str) -> str:
 def tokenize_13a(text: str) -> str:
     """The ``13a`` tokenisation of sacreBLEU (mteval-v13a): split punctuation off words; one space between tokens.
 
-    This is torchmetrics' copy of sacreBLEU's tokenizer (``_SacreBLEUTokenizer._tokenize_13a``, what its
-    ``sacre_bleu_score(tokenize="13a")`` uses); it keeps case, SARI lowercases first.
+    The same tokens as torchmetrics' ``sacre_bleu_score(tokenize="13a")`` (tested); written out here
+    because torchmetrics exposes the tokenizer only as a private class. It keeps case; SARI lowercases first.
 
     Example:
         >>> tokenize_13a("Hello, world. It costs 3.50-4 &amp; more!")
         'Hello , world . It costs 3.50 - 4 & more !'
     """
-    return _SacreBLEUTokenizer._tokenize_13a(text)
+    text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
+    for entity, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
+        text = text.replace(entity, char)
+    text = f" {text} "
+    for pattern, replacement in _13A:
+        text = pattern.sub(replacement, text)
+    return " ".join(text.split())
 
 
 def answer_choice(text: str) -> str:
