@@ -1,0 +1,47 @@
+"""Every option is discoverable: ``moram --help`` names every subcommand, and each advertised help flag works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moram.cli import main
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "clip_cl.yaml")
+
+
+def help_text(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_top_level_help_lists_every_subcommand_and_how_to_find_moram_options(capsys):
+    text = help_text(capsys, ["--help"])
+    for subcommand in ("fit", "validate", "test", "predict", "moram data"):
+        assert subcommand in text
+    assert "--model.atoms.help" in text and "--data.source.help" in text
+
+
+def test_fit_help_starts_with_the_guide_to_moram_options(capsys):
+    text = help_text(capsys, ["fit", "--help"])
+    assert text.index("--model.help moram.module.CLIPContinualModule") < text.index("--trainer.accelerator ACCELERATOR\n")
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["fit", "--config", CONFIG, "--model.atoms.help"], "--model.atoms.rank RANK"),
+    (["fit", "--model", "moram.module.CLIPContinualModule", "--model.atoms.help"], "--model.atoms.top_k TOP_K"),
+    (["fit", "--data.source.help", "moram.data.folder.FolderTasks"], "--data.source.domains"),
+    (["fit", "--data.source.help=moram.data.text_benchmarks.JsonlTasks"], "--data.source.root ROOT"),
+    (["fit", "--model.help", "moram.module.CLIPContinualModule"], "--model.atoms.help"),
+    (["fit", "--data.help", "moram.data.stream.TaskStreamDataModule"], "--data.source.help"),
+])
+def test_advertised_help_flags_work(capsys, args, expected):
+    assert expected in help_text(capsys, args)
+
+
+def test_nested_help_without_the_owner_class_says_what_to_add():
+    with pytest.raises(ValueError, match=r"--model\.\*\.help needs the model class first"):
+        main(["fit", "--model.atoms.help"])
