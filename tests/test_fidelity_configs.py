@@ -9,7 +9,7 @@ import torch
 
 from moram.cli import main
 from moram.data.benchmarks import CIFAR100CILTasks, MTILTasks, XTailTasks
-from moram.data.benchmarks.fakes import write_fake
+from fakes.image_benchmarks import write_fake
 from moram.data.transforms import ClipImageTransform, ClipTrainTransform
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

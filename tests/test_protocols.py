@@ -9,7 +9,7 @@ import pytest
 
 from moram.data.benchmarks import MTIL_ORDERS, XTAIL_ORDER, CIFAR100CILTasks, MTILTasks, XTailTasks
 from moram.data.benchmarks.classnames import CIFAR100, CLASSNAMES, TEMPLATES
-from moram.data.benchmarks.fakes import write_fake
+from fakes.image_benchmarks import write_fake
 from moram.data.stream import TaskStreamDataModule
 from moram.data.tasks import TaskSource
 

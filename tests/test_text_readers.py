@@ -21,7 +21,7 @@ from moram.data.text_benchmarks import (
     TRACETasks,
     olora_prompt,
 )
-from moram.data.text_benchmarks.fakes import FAKE_LABELS, write_jsonl, write_olora, write_trace
+from fakes.text_benchmarks import FAKE_LABELS, write_jsonl, write_olora, write_trace
 
 # ------------------------------------------------------------------------------------------------ TRACE
 
