@@ -7,11 +7,11 @@ import urllib.error
 
 import pytest
 import torch
+from fakes.image_benchmarks import write_fake
 
 from moram.data.benchmarks import BENCHMARKS, DatasetCorruptError, DatasetNotFoundError, load_benchmark
 from moram.data.benchmarks import prepare as prepare_cli
 from moram.data.benchmarks.classnames import CLASSNAMES, TEMPLATES
-from fakes.image_benchmarks import write_fake
 from moram.data.transforms import CLIP_MEAN, CLIP_STD
 
 NAMES = sorted(BENCHMARKS)

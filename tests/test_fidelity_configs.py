@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakes.image_benchmarks import write_fake
 
 from moram.cli import main
 from moram.data.benchmarks import CIFAR100CILTasks, MTILTasks, XTailTasks
-from fakes.image_benchmarks import write_fake
 from moram.data.transforms import ClipImageTransform, ClipTrainTransform
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

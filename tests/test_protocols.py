@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from fakes.image_benchmarks import write_fake
 
 from moram.data.benchmarks import MTIL_ORDERS, XTAIL_ORDER, CIFAR100CILTasks, MTILTasks, XTailTasks
 from moram.data.benchmarks.classnames import CIFAR100, CLASSNAMES, TEMPLATES
-from fakes.image_benchmarks import write_fake
 from moram.data.stream import TaskStreamDataModule
 from moram.data.tasks import TaskSource
 

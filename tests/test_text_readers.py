@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from fakes.text_benchmarks import FAKE_LABELS, write_jsonl, write_olora, write_trace
 
 from moram.data.benchmarks import DatasetCorruptError, DatasetNotFoundError
 from moram.data.tasks import TaskSource
@@ -21,7 +22,6 @@ from moram.data.text_benchmarks import (
     TRACETasks,
     olora_prompt,
 )
-from fakes.text_benchmarks import FAKE_LABELS, write_jsonl, write_olora, write_trace
 
 # ------------------------------------------------------------------------------------------------ TRACE
 
