@@ -1,4 +1,8 @@
-"""A run killed with SIGKILL mid-task and resumed from its last checkpoint ends bitwise like an uninterrupted one."""
+"""A run killed with SIGKILL mid-task and resumed with ``--ckpt_path last`` ends bitwise like an uninterrupted one.
+
+The resumed run continues in the killed run's own folder (no new ``version_N``), and its metrics file
+says ``finished`` only then.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ def command(root: Path, tiny: Path, at_step: int = -1, *extra: str) -> list[str]
         *run_args(root, tiny,
                   "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                   "--trainer.callbacks.dirpath", str(root / "ckpt"), "--trainer.callbacks.every_n_train_steps", "1",
-                  "--trainer.callbacks.save_top_k", "-1",
+                  "--trainer.callbacks.save_top_k", "-1", "--trainer.callbacks.save_last", "true",
                   "--trainer.callbacks+=test_kill_resume.Stall", "--trainer.callbacks.at_step", str(at_step),
                   "--trainer.callbacks.marker", str(root / "stalled"), *extra),
     ]
@@ -57,8 +61,8 @@ def test_sigkill_mid_task_then_resume_is_bitwise_exact(tmp_path, strategy):
     tiny = tmp_path / "tiny_clip.json"
     tiny.write_text(json.dumps(TINY))
     env = subprocess_env()
-    full_root, killed_root, resumed_root = tmp_path / "full", tmp_path / "killed", tmp_path / "resumed"
-    for root in (full_root, killed_root, resumed_root):
+    full_root, killed_root = tmp_path / "full", tmp_path / "killed"
+    for root in (full_root, killed_root):
         root.mkdir()
     # A session of its own: SIGKILL goes to the whole process group (every rank), as a scheduler's would.
     popen = {"env": env, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "start_new_session": True}
@@ -75,11 +79,16 @@ def test_sigkill_mid_task_then_resume_is_bitwise_exact(tmp_path, strategy):
     ckpts = sorted((killed_root / "ckpt").glob("*.ckpt"))
     assert [p.name for p in ckpts if f"step={STOP}" in p.name], [p.name for p in ckpts]
     assert not any(f"step={STOP + 1}" in p.name for p in ckpts)
-    ckpt = next(p for p in ckpts if f"step={STOP}.ckpt" in p.name)
+    assert (killed_root / "ckpt" / "last.ckpt").exists()
+    partial = json.loads(next(killed_root.rglob("continual_metrics.json")).read_text())
+    assert partial["finished"] is False  # a killed run's file never reads as a result
 
-    resumed = subprocess.Popen(command(resumed_root, tiny, -1, *extra, "--ckpt_path", str(ckpt)), cwd=resumed_root,
+    resumed_root = killed_root  # `last` resumes the killed run in its own folder
+    resumed = subprocess.Popen(command(resumed_root, tiny, -1, *extra, "--ckpt_path", "last"), cwd=resumed_root,
                                **popen)
     full_matrix, resumed_matrix = finish(full, full_root), finish(resumed, resumed_root)
+    assert [p.name for p in (resumed_root / "lightning_logs").iterdir()] == ["version_0"]
+    assert resumed_matrix["finished"] is True
     assert resumed_matrix["zero_shot"] == full_matrix["zero_shot"]
     assert resumed_matrix["matrix"] == full_matrix["matrix"]
     want = torch.load(full_root / "atoms" / "end.rank0.pt")

@@ -149,7 +149,8 @@ class FolderTasks:
                 f"data.source.root '{root}' is not a folder; point it (or MORAM_DATA) at the folder holding "
                 "<domain>/{train,test}/<class>/<images>"
             )
-        tasks = []
+        tasks: list[Task] = []
+        files: list[Path] = []
         for domain in self.domains:
             domain_dir = root / domain
             if not domain_dir.is_dir():
@@ -159,8 +160,7 @@ class FolderTasks:
                 )
             classes, train_files, train_labels = _scan_split(domain_dir, "train", None)
             _, test_files, test_labels = _scan_split(domain_dir, "test", classes)
-            if self.check_images:
-                check_image_files(train_files + test_files)
+            files += train_files + test_files
             task = Task(
                 name=domain,
                 classnames=[c.replace("_", " ") for c in classes],
@@ -169,4 +169,6 @@ class FolderTasks:
                 test=ImageFileDataset(test_files, test_labels, self.image_size),
             )
             tasks.append(task.check())
+        if self.check_images:
+            check_image_files(files)  # every domain's files: all the bad ones named at once
         return tasks
