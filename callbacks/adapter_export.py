@@ -49,7 +49,7 @@ class AdapterExportCallback(Callback):
         config = getattr(pl_module, "atoms", None)
         if config is None or not atom_layers(model) or self._dir is None:
             return
-        datamodule: Any = trainer.datamodule
+        datamodule: Any = getattr(trainer, "datamodule", None)
         task = int(getattr(datamodule, "current_task", trainer.current_epoch))
         names = list(getattr(datamodule, "task_names", []))
         name = re.sub(r"[^\w.-]+", "_", str(names[task])) if task < len(names) else str(task)

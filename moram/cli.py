@@ -80,12 +80,11 @@ def continual_callbacks(configured: list[Callback], model: object = None) -> lis
     A model may declare other views of its scores as ``score_views`` (view name -> logged metric
     prefix, e.g. the task-agnostic view of a task-aware run); each gets its own metrics callback.
     """
-    from moram.callbacks.continual_metrics import ContinualMetricsCallback
-    from moram.callbacks.task_boundary import TaskBoundaryCallback
-
     from moram.callbacks.adapter_export import AdapterExportCallback
+    from moram.callbacks.continual_metrics import ContinualMetricsCallback
     from moram.callbacks.input_check import ImageSizeCheckCallback
     from moram.callbacks.progress import ProgressLogCallback
+    from moram.callbacks.task_boundary import TaskBoundaryCallback
 
     defaults: list[Callback] = []
     if not any(isinstance(c, TaskBoundaryCallback) for c in configured):
@@ -123,7 +122,8 @@ def find_last_checkpoint(log_root: Path, dirpaths: list[Path]) -> tuple[Path, in
     """The checkpoint ``--ckpt_path last`` means, and the run version (folder) it belongs to.
 
     ``dirpaths`` (explicit ``ModelCheckpoint(dirpath=...)`` folders) are looked in first (the run is then
-    the newest ``version_N``); otherwise the newest ``<log_root>/version_N/checkpoints/last.ckpt``. Raises ``FileNotFoundError`` naming where it looked.
+    the newest ``version_N``); otherwise the newest ``<log_root>/version_N/checkpoints/last.ckpt``.
+    Raises ``FileNotFoundError`` naming where it looked.
     """
     versions = sorted(log_root.glob("version_*"), key=_version_number, reverse=True)
     for dirpath in dirpaths:  # an explicit folder: the run it belongs to is the newest one
@@ -197,7 +197,7 @@ def _nested_class(owner: type, path: list[str]) -> type:
 
     cls = owner
     for name in path:
-        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else typing.get_type_hints(cls.__init__)
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else typing.get_type_hints(cls.__init__)  # type: ignore[misc]
         found = _unwrap(hints.get(name))
         if found is None:
             raise ValueError(f"{cls.__name__} has no option {name!r} holding a class; see --help of {cls.__name__}")

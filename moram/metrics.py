@@ -232,8 +232,9 @@ def write_csv(path: str | Path, m: AccuracyMatrix) -> Path:
 def plot_title(m: AccuracyMatrix, view: str = "") -> str:
     """The heatmap's title: the view (e.g. ``task-aware``) and the run's Last / Average / BWT.
 
-    >>> plot_title(AccuracyMatrix(["a", "b"], [[80.0, 40.0], [70.0, 90.0]]), "task-aware")
-    'task-aware: accuracy after each task (R[i, j]: task j after training task i)\nLast 80.00 | Average 80.00 | BWT -10.00'
+    >>> print(plot_title(AccuracyMatrix(["a", "b"], [[80.0, 40.0], [70.0, 90.0]]), "task-aware"))
+    task-aware: accuracy after each task (R[i, j]: task j after training task i)
+    Last 80.00 | Average 70.00 | BWT -10.00
     """
     head = f"{view}: " if view else ""
     s = summary(m)

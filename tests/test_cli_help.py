@@ -22,12 +22,14 @@ def test_top_level_help_lists_every_subcommand_and_how_to_find_moram_options(cap
     text = help_text(capsys, ["--help"])
     for subcommand in ("fit", "validate", "test", "predict", "moram data"):
         assert subcommand in text
-    assert "--model.atoms.help" in text and "--data.source.help" in text
+    assert "--model.atoms.help" in text
+    assert "--data.source.help" in text
 
 
 def test_fit_help_starts_with_the_guide_to_moram_options(capsys):
     text = help_text(capsys, ["fit", "--help"])
-    assert text.index("--model.help moram.module.CLIPContinualModule") < text.index("--trainer.accelerator ACCELERATOR\n")
+    guide = text.index("--model.help moram.module.CLIPContinualModule")
+    assert guide < text.index("--trainer.accelerator ACCELERATOR\n")
 
 
 @pytest.mark.parametrize(("args", "expected"), [
