@@ -24,7 +24,13 @@ def test_configs_exist():
 def test_config_parses_and_instantiates(path, tmp_path):
     text = path.read_text()
     assert text.startswith("#"), f"{path.name} must start with a comment header (what, command, hardware)"
-    cli = main(["--config", str(path), "--trainer.default_root_dir", str(tmp_path)], run=False)
+    extra = []
+    if path.name == "own_text.yaml":  # the template reads the user's task folders when built: give it one
+        (tmp_path / "tasks" / "t").mkdir(parents=True)
+        for split in ("train", "test"):
+            (tmp_path / "tasks" / "t" / f"{split}.jsonl").write_text('{"prompt": "1 =", "answer": "1"}\n')
+        extra = ["--data.source.root", str(tmp_path / "tasks")]
+    cli = main(["--config", str(path), "--trainer.default_root_dir", str(tmp_path), *extra], run=False)
     assert cli.model is not None
     assert cli.datamodule is not None
 

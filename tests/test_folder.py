@@ -61,6 +61,8 @@ def test_errors_name_what_to_fix(tmp_path, monkeypatch):
     (tmp_path / "pets" / "train" / "cat" / "0.png").write_bytes(b"not a png")
     (tmp_path / "pets" / "test" / "cat").mkdir()
     (tmp_path / "pets" / "test" / "cat" / "0.png").write_bytes(b"not a png")
-    task = FolderTasks(["pets"], root=str(tmp_path)).build()[0]
+    with pytest.raises(ValueError, match=r"2 unreadable or truncated image\(s\): '.*0\.png'"):
+        FolderTasks(["pets"], root=str(tmp_path)).build()  # found when the tasks are built
+    task = FolderTasks(["pets"], root=str(tmp_path), check_images=False).build()[0]
     with pytest.raises(OSError, match=r"cannot read image '.*0\.png'"):
         task.train[0]
