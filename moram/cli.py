@@ -53,6 +53,11 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # One-step tasks in tests and tiny streams are shorter than the logging interval; harmless.
     warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging")
+    # Multi-process runs: moram's scores come from counts already summed over ranks and its loss from the
+    # gathered global batch, so the value logged is the same on every rank and sync_dist adds nothing.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True")
+    # FSDP2: last.ckpt is a folder rewritten at every save, by design.
+    warnings.filterwarnings("ignore", message=r"Detected an existing checkpoint in .*last")
     # Advertisements for cloud services, printed by Lightning on every run.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning_utilities.core.rank_zero", "lightning.pytorch", "lightning.fabric"):
@@ -312,8 +317,9 @@ class MoramCLI(LightningCLI):
         from moram.distributed import finish_distributed
 
         super()._run_subcommand(subcommand)
-        if subcommand == "fit" and self.trainer.is_global_zero and self.trainer.log_dir:
-            print(files_written(Path(self.trainer.log_dir)), flush=True)
+        log_dir = self.trainer.log_dir if subcommand == "fit" else None  # a collective: every rank asks
+        if log_dir and self.trainer.is_global_zero:
+            print(files_written(Path(log_dir)), flush=True)
         finish_distributed()
 
 
