@@ -282,9 +282,9 @@ class MoramCLI(LightningCLI):
         # LightningCLI silently replaces the model options by the checkpoint's hyperparameters;
         # a checkpoint trained with other settings (atoms, towers, backbone) is refused instead.
         subcommand = self.config.get("subcommand")
+        self._resolve_logger_and_last(self.config[subcommand] if subcommand else self.config)
         if not subcommand:
             return
-        self._resolve_logger_and_last(self.config[subcommand])
         before = _flat(self.config[subcommand].model.as_dict())
         super()._parse_ckpt_path()
         after = _flat(self.config[subcommand].model.as_dict())
