@@ -54,9 +54,11 @@ def finish(proc: subprocess.Popen, root: Path, timeout: float = 240) -> dict:
     return json.loads(next(root.rglob("continual_metrics.json")).read_text())
 
 
-@pytest.mark.parametrize("strategy", ["single", pytest.param("fsdp2", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("strategy", ["single", pytest.param("ddp", marks=pytest.mark.slow),
+                                      pytest.param("fsdp2", marks=pytest.mark.slow)])
 def test_sigkill_mid_task_then_resume_is_bitwise_exact(tmp_path, strategy):
-    # fsdp2: 2 processes, checkpoints are folders of shards restored after fully_shard wrapping.
+    # ddp: 2 processes, one file written by rank 0. fsdp2: 2 processes, checkpoints are folders of shards
+    # restored after fully_shard wrapping.
     extra = () if strategy == "single" else ("--config", str(STRATEGIES / f"{strategy}.yaml"), "--trainer.devices", "2")
     tiny = tmp_path / "tiny_clip.json"
     tiny.write_text(json.dumps(TINY))
