@@ -82,6 +82,7 @@ def test_last_without_a_checkpoint_is_an_error(tmp_path, tiny_config):
     assert not (tmp_path / "lightning_logs").exists()
 
 
+@pytest.mark.slow  # the one-message refusal runs by default in test_cli_errors.py
 def test_checkpoint_of_another_backbone_is_refused(tmp_path, tiny_config):
     _, _, log_dir = run_fit(tmp_path / "a", tiny_config, *EVERY_STEP)
     # same options, other random backbone weights (the tiny model is built from the seed)
