@@ -8,13 +8,19 @@ so they work in any project whose model has continual layers::
 or in YAML, ``class_path: moram.callbacks.TaskBoundaryCallback``.
 """
 
+from moram.callbacks.adapter_export import AdapterExportCallback
 from moram.callbacks.atom_usage import AtomUsageCallback
 from moram.callbacks.continual_metrics import ContinualMetricsCallback
+from moram.callbacks.input_check import ImageSizeCheckCallback
+from moram.callbacks.progress import ProgressLogCallback
 from moram.callbacks.task_boundary import TaskBoundaryCallback, reset_atom_optimizer_state, restart_lr_schedules
 
 __all__ = [
+    "AdapterExportCallback",
     "AtomUsageCallback",
     "ContinualMetricsCallback",
+    "ImageSizeCheckCallback",
+    "ProgressLogCallback",
     "TaskBoundaryCallback",
     "reset_atom_optimizer_state",
     "restart_lr_schedules",

@@ -1,13 +1,14 @@
-"""Export the memory after every task as a small adapter folder, ready for :func:`moram.load_atoms`.
+"""Export the memory after every task as a small adapter folder.
 
 A checkpoint resumes a run; an adapter folder is what a user keeps: after task ``t`` the callback
-writes ``<log_dir>/adapters/task<t>-<name>/`` (``atoms.safetensors`` + ``atoms.json``, written by
-:func:`moram.save_atoms`) holding every atom learned so far — task ``t``'s included — and nothing
-of the backbone. Loading it into the same backbone gives the model as it was after task ``t``.
+writes ``<log_dir>/adapters/task<t>-<name>/`` holding every adapter parameter learned so far — task
+``t``'s included — and nothing of the backbone. Loading it into the same backbone gives the model as
+it was after task ``t``. moram's modules write MoRAM's atoms with :func:`moram.save_atoms`
+(``atoms.safetensors`` + ``atoms.json``, ready for :func:`moram.load_atoms`) and a baseline's layers
+with :func:`moram.adapters.save_adapters`.
 
-Works with any LightningModule whose model carries MoRAM atoms (``pl_module.model`` or the module
-itself) and whose atom settings are ``pl_module.atoms``; with a baseline method (no atoms) it
-writes nothing.
+Works with any LightningModule that is an :class:`~moram.protocols.AdapterExporter` (has
+``export_adapters(directory)``); with any other it writes nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
+
+from moram.protocols import AdapterExporter
 
 
 class AdapterExportCallback(Callback):
@@ -42,12 +45,7 @@ class AdapterExportCallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from moram import save_atoms
-        from moram.atoms.inject import atom_layers
-
-        model: Any = getattr(pl_module, "model", None) or pl_module
-        config = getattr(pl_module, "atoms", None)
-        if config is None or not atom_layers(model) or self._dir is None:
+        if not isinstance(pl_module, AdapterExporter) or self._dir is None:
             return
         datamodule: Any = getattr(trainer, "datamodule", None)
         task = int(getattr(datamodule, "current_task", trainer.current_epoch))
@@ -55,10 +53,11 @@ class AdapterExportCallback(Callback):
         name = re.sub(r"[^\w.-]+", "_", str(names[task])) if task < len(names) else str(task)
         target = self._dir / f"task{task}-{name}"
         if trainer.is_global_zero:
-            self.written.append(save_atoms(model, target, config))
-        else:  # reading sharded atoms is a collective: every rank saves, only rank 0 keeps the files
+            if pl_module.export_adapters(target):
+                self.written.append(target)
+        else:  # reading sharded parameters is a collective: every rank writes, only rank 0 keeps the files
             scratch = tempfile.mkdtemp(prefix="moram-adapter-")
             try:
-                save_atoms(model, scratch, config)
+                pl_module.export_adapters(Path(scratch))
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)

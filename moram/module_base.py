@@ -128,6 +128,24 @@ class ContinualModule(LightningModule):
         """Every continual layer, atoms or baseline (the :class:`moram.protocols.ContinualHost` protocol)."""
         return continual_layers(self.model) if self.model is not None else []
 
+    def export_adapters(self, directory: Path) -> bool:
+        """Write the adapters (the :class:`~moram.protocols.AdapterExporter` protocol); every rank calls it.
+
+        MoRAM's atoms as :func:`moram.save_atoms` files (``load_atoms``-ready), a baseline's layers as
+        :func:`moram.adapters.save_adapters` files; False (nothing written) when the model adapts nothing.
+        """
+        if self.model is None or not self.continual_layers():
+            return False
+        if self.atom_layers():
+            from moram.atoms.state import save_atoms
+
+            save_atoms(self.model, directory, self.atoms)
+        else:
+            from moram.adapters.files import save_adapters
+
+            save_adapters(self.model, directory)
+        return True
+
     def full_parameters(self) -> Any:
         """Parameters readable and writable in full inside the block (:class:`~moram.protocols.ShardedHost`).
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Protocol, TypeGuard, runtime_checkable
 
 from torch import Tensor, nn
@@ -101,6 +102,15 @@ class ShardedHost(Protocol):
 
     def full_parameters(self) -> AbstractContextManager[None]:
         """A context inside which every Parameter is readable and writable in full."""
+        ...
+
+
+@runtime_checkable
+class AdapterExporter(Protocol):
+    """A module that can write its adapters (not its backbone) to a folder, e.g. after every task."""
+
+    def export_adapters(self, directory: Path) -> bool:
+        """Write the adapter state to ``directory`` (every rank calls it); False when there is nothing to write."""
         ...
 
 

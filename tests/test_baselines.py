@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from lightning.pytorch import Callback
 from test_clip_cl import TINY, fit_args, run_fit
 from torch import nn
 
+from moram.adapters import load_adapters
 from moram.atoms.routing import normalized_topk_weights
 from moram.baselines import MoELoRA, RankRExperts, SequentialLoRA, ZeroShot
 from moram.baselines.experts import ExpertBankLinear
@@ -58,6 +61,12 @@ def test_sequential_lora_keeps_changing_the_same_weights(tmp_path, tiny_config):
     assert all(p.requires_grad for _, layer in layers for p in layer.current_parameters())  # never frozen
     changed = [not torch.equal(a["lora_B"], b["lora_B"]) for a, b in zip(ends[0], ends[1], strict=True)]
     assert all(changed)  # task 2 changed the weights task 1 trained
+    # after each task the layers are exported without the backbone, as generic adapter files
+    exported = sorted((Path(cli.trainer.log_dir) / "adapters").iterdir())
+    assert [p.name for p in exported] == ["task0-synthetic_0", "task1-synthetic_1"]
+    assert load_adapters(cli.model.model, exported[-1]) == [name for name, _ in layers]
+    first = safetensors.torch.load_file(exported[0] / "adapters.safetensors")
+    assert torch.equal(first[f"{layers[0][0]}.lora_B"], ends[0][0]["lora_B"])  # task 1's LoRA as it ended
 
 
 def test_moe_lora_freezes_experts_and_keeps_training_the_router(tmp_path, tiny_config):
