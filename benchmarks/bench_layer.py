@@ -151,11 +151,15 @@ def source_fingerprint() -> str:
     """Short hash of the routed layer's source files, printed so a table names the implementation it measured."""
     import hashlib
 
+    import moram.adapters.layer
     import moram.atoms.bank
+    import moram.atoms.kernels
     import moram.atoms.linear
+    import moram.atoms.routing
 
     digest = hashlib.sha256()
-    for module in (moram.atoms.bank, moram.atoms.linear):
+    modules = (moram.atoms.bank, moram.atoms.kernels, moram.atoms.routing, moram.atoms.linear, moram.adapters.layer)
+    for module in modules:
         digest.update(Path(module.__file__ or "").read_bytes())
     return digest.hexdigest()[:12]
 
@@ -395,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[int, int], dict[str, d
     print(f"torch {torch.__version__}, device {args.device}{' bf16 autocast' if args.device == 'cuda' else ' fp32'}, "
           f"{torch.get_num_threads()} threads, tokens={shape}, {clock_name} clock, "
           f"median of {args.repeats} after {args.warmup} warmup; r = {RANK}, N = tasks x r; "
-          f"moram/atoms/{{bank,linear}}.py sha256 {source_fingerprint()}\n", flush=True)
+          f"moram layer sources sha256 {source_fingerprint()}\n", flush=True)
     clock = CLOCKS["wall" if args.device == "cuda" else args.clock]
     results: dict[tuple[int, int], dict[str, dict[str, float]]] = {}
     for d in dims:

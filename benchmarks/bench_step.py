@@ -414,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{' bf16 autocast' if args.device == 'cuda' else ' fp32'}, {torch.get_num_threads()} threads, "
           f"{'wall (synchronised)' if args.device == 'cuda' else args.clock} clock, batch {args.batch}, "
           f"{args.classes} class prompts, median of {args.repeats} after {args.warmup} warmup, r = {args.rank}; "
-          f"moram/atoms/{{bank,linear}}.py sha256 {source_fingerprint()}\n",
+          f"moram layer sources sha256 {source_fingerprint()}\n",
           flush=True)
     out: dict[str, Any] = {}
     if not args.no_steps:
