@@ -1,11 +1,14 @@
-"""Shared fixtures."""
+"""Shared fixtures (shared functions and probes live in helpers.py)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY
 
 
 @pytest.fixture
@@ -15,3 +18,11 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    """The tiny CLIP's model config as a JSON file (``--model.model_config``); built from config, never downloaded."""
+    path = tmp_path / "tiny_clip.json"
+    path.write_text(json.dumps(TINY))
+    return path

@@ -7,37 +7,10 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
-from torch import nn
+from helpers import E, Host, hand_built_layer
 from torch.utils.data import DataLoader, TensorDataset
 
-from moram import AtomConfig, AtomLinear
 from moram.callbacks.atom_usage import AtomUsageCallback, routing_matrix
-
-E = torch.eye(4)
-
-
-def hand_built_layer():
-    """Task 1's atoms have keys e0, e1; task 2's e2, e3 (r = k = 2, tau 0.01, delta 0.2)."""
-    layer = AtomLinear(nn.Linear(4, 3), 4, 3, AtomConfig(rank=2, top_k=2, max_tasks=2, temperature=0.01, threshold=0.2))
-    bank = layer.bank
-    with torch.no_grad():
-        bank.current_keys.copy_(E[:2])
-        bank.current_values.normal_()
-        layer.consolidate()
-        bank.current_keys.copy_(E[2:])
-        bank.current_values.normal_()
-    layer.train()
-    layer(torch.randn(1, 4))  # a training forward: the current atoms are live
-    return layer.eval()
-
-
-class Host(pl.LightningModule):
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        self.layer(batch[0])
 
 
 def test_routing_matrix_of_a_hand_built_bank(tmp_path):

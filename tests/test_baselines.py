@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pytest
 import safetensors.torch
 import torch
-from lightning.pytorch import Callback
-from test_clip_cl import TINY, fit_args, run_fit
+from helpers import fit_with, run_fit
 from torch import nn
 
 from moram.adapters import load_adapters
@@ -17,34 +14,7 @@ from moram.atoms.routing import normalized_topk_weights
 from moram.baselines import MoELoRA, RankRExperts, SequentialLoRA, ZeroShot
 from moram.baselines.experts import ExpertBankLinear
 from moram.baselines.moe_lora import MoELoRALinear
-from moram.cli import main
 from moram.protocols import continual_layers
-
-
-@pytest.fixture
-def tiny_config(tmp_path):
-    path = tmp_path / "tiny_clip.json"
-    path.write_text(json.dumps(TINY))
-    return path
-
-
-class Snapshot(Callback):
-    """State of every adapted layer at the end of each task."""
-
-    def __init__(self):
-        self.ends: list[list[dict[str, torch.Tensor]]] = []
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.ends.append([{k: v.detach().clone() for k, v in layer.state_dict().items() if "base" not in k}
-                          for _, layer in continual_layers(pl_module)])
-
-
-def fit_with(tmp_path, config, method, *extra):
-    snap = Snapshot()
-    cli = main(fit_args(tmp_path, config, "--model.method", method, *extra)[1:], run=False)
-    cli.trainer.callbacks.append(snap)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return cli, snap.ends
 
 
 def test_zero_shot_trains_nothing_and_every_row_is_the_zero_shot_row(tmp_path, tiny_config):

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_clip_cl import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,13 +35,6 @@ def table_rows(text, first_cell):
         if line.startswith("|") and cells[0] == first_cell:
             rows.append(cells)
     return rows
-
-
-@pytest.fixture
-def tiny_config(tmp_path):
-    path = tmp_path / "tiny_clip.json"
-    path.write_text(json.dumps(TINY))
-    return str(path)
 
 
 # ---------------------------------------------------------------------------- the layer benchmark
@@ -113,7 +104,7 @@ def test_cuda_without_a_gpu_fails_clearly():
 # ---------------------------------------------------------------------------- the step benchmark
 def test_step_models_have_the_right_ranks_and_share_the_backbone(tiny_config, one_thread):
     pytest.importorskip("peft")
-    base, _ = bench_step.build_base(None, tiny_config, "cpu")
+    base, _ = bench_step.build_base(None, str(tiny_config), "cpu")
     rank = 2
     for tasks in (1, 3):
         routed = bench_step.routed_model(base, tasks, 3, rank)
@@ -133,7 +124,7 @@ def test_step_models_have_the_right_ranks_and_share_the_backbone(tiny_config, on
 
 def test_step_benchmark_tables_memory_and_schedule(tiny_config, capsys, one_thread):
     pytest.importorskip("peft")
-    result = bench_step.main(["--model-config", tiny_config, "--tasks", "1,3", "--rank", "2", "--batch", "2",
+    result = bench_step.main(["--model-config", str(tiny_config), "--tasks", "1,3", "--rank", "2", "--batch", "2",
                               "--classes", "3", "--repeats", "1", "--warmup", "0", "--clock", "wall",
                               "--schedule", "--schedule-tasks", "2", "--steps-per-task", "2"])
     out = capsys.readouterr().out

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from test_clip_cl import atoms_of, fit_args, run_fit
+from helpers import atoms_of, fit_args, run_fit
 
 from moram.checkpoint import CheckpointError, adapter_keys, strip_backbone
 from moram.cli import main
@@ -110,10 +109,3 @@ def test_old_full_checkpoint_still_loads(tmp_path, tiny_config):
         assert float(cli.trainer.callback_metrics[f"test/score/{name}"]) == pytest.approx(score)
 
 
-@pytest.fixture
-def tiny_config(tmp_path: Path) -> Path:
-    from test_clip_cl import TINY
-
-    path = tmp_path / "tiny_clip.json"
-    path.write_text(json.dumps(TINY))
-    return path

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from test_clip_cl import fit_args
+from helpers import fit_args
 
 from moram.cli import TRACEBACK_ENV, entry
 
@@ -74,12 +74,3 @@ def test_console_script_prints_one_message(tmp_path, tiny_config):
     assert "moram: error: data.batch_size" in proc.stderr
 
 
-@pytest.fixture
-def tiny_config(tmp_path):
-    import json
-
-    from test_clip_cl import TINY
-
-    path = tmp_path / "tiny_clip.json"
-    path.write_text(json.dumps(TINY))
-    return path

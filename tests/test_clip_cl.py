@@ -7,46 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import atoms_of, fit_args, run_fit
 
 from moram import routed_layers
 from moram.cli import main
 from moram.metrics import AccuracyMatrix, average, last, transfer
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-@pytest.fixture
-def tiny_config(tmp_path):
-    path = tmp_path / "tiny_clip.json"
-    path.write_text(json.dumps(TINY))
-    return path
-
-
-def fit_args(tmp_path, model_config, *extra):
-    return [
-        "fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"),
-        "--model.model_config", str(model_config), "--model.pretrained", "null",
-        "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
-        "--data.source", "moram.data.synthetic.SyntheticTasks",
-        "--data.source.num_tasks", "2", "--data.source.image_size", "16", "--data.source.samples_per_class", "8",
-        "--data.steps_per_task", "3", "--data.batch_size", "4",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        *extra,
-    ]
-
-
-def run_fit(tmp_path, model_config, *extra):
-    cli = main(fit_args(tmp_path, model_config, *extra))
-    log_dir = Path(cli.trainer.log_dir)
-    return cli, json.loads((log_dir / "continual_metrics.json").read_text()), log_dir
-
-
 def test_fit_writes_the_accuracy_matrix_and_grows_atoms(tmp_path, tiny_config):
     cli, metrics, log_dir = run_fit(tmp_path, tiny_config)
     names = metrics["task_names"]
@@ -94,10 +61,6 @@ def test_frozen_atoms_are_bit_identical_after_their_task(tmp_path, tiny_config):
             assert torch.equal(layer.bank.frozen_values[2 * task:2 * task + 2], v)
     assert all(layer.bank.num_frozen_atoms == 4 for _, layer in layers)
     assert any(v.abs().sum() > 0 for v in snap.ends[0])  # the atoms did train
-
-
-def atoms_of(cli):
-    return [(layer.keys.detach(), layer.values.detach()) for _, layer in routed_layers(cli.model.clip)]
 
 
 @pytest.mark.parametrize("stop", [4, 3], ids=["mid-task", "last-batch-of-task"])

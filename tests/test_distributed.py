@@ -1,94 +1,29 @@
 """Several processes train exactly like one: DDP and FSDP2 on CPU (gloo), through the real CLI.
 
 Each run is a subprocess ``python -m moram.cli fit`` (Lightning launches the second process itself).
-:class:`RankAtoms` is loaded into those processes from this file (``PYTHONPATH=tests``) and writes
+:class:`helpers.RankAtoms` is loaded into those processes (``PYTHONPATH=tests``) and writes
 every rank's atoms: the frozen ones after each task boundary, and all of them at the end of fit.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback
-from test_clip_cl import fit_args
-from test_llm_cl import lm_args
-
-from moram import routed_layers
-from moram.distributed import full_value
-
-ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = ROOT / "configs" / "strategy"
-TINY = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-class RankAtoms(Callback):
-    """Write this rank's atoms to ``<out>/<tag>.rank<r>.pt`` (``tag``: ``task<t>`` after its first step, ``end``)."""
-
-    def __init__(self, out: str) -> None:
-        self.out = Path(out)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx == 0:  # after the boundary into this task (and its first step)
-            self._dump(trainer, pl_module, f"task{trainer.current_epoch}", current=False)
-
-    def on_fit_end(self, trainer, pl_module):
-        self._dump(trainer, pl_module, "end", current=True)
-
-    def _dump(self, trainer, pl_module, tag, current):
-        tensors = {}
-        for name, layer in routed_layers(pl_module.backbone):
-            bank = layer.bank
-            n = bank.num_frozen_atoms
-            tensors[f"{name}.frozen_keys"] = bank.frozen_keys[:n].clone()
-            tensors[f"{name}.frozen_values"] = bank.frozen_values[:n].clone()
-            if current:  # full_tensor() under FSDP2: a collective, same order on every rank
-                tensors[f"{name}.current_keys"] = full_value(bank.current_keys).detach().clone()
-                tensors[f"{name}.current_values"] = full_value(bank.current_values).detach().clone()
-        self.out.mkdir(parents=True, exist_ok=True)
-        torch.save(tensors, self.out / f"{tag}.rank{trainer.global_rank}.pt")
-
-
-def recording_args(root: Path) -> list[str]:
-    """A CSV logger and :class:`RankAtoms` writing under ``root``."""
-    return [
-        "--trainer.logger.class_path", "CSVLogger", "--trainer.logger.init_args.save_dir", str(root),
-        "--trainer.callbacks+=test_distributed.RankAtoms", "--trainer.callbacks.out", str(root / "atoms"),
-    ]
-
-
-def run_args(root: Path, tiny: Path, *extra: str) -> list[str]:
-    return [*fit_args(root, tiny), *recording_args(root), *extra]
-
-
-def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
-
-
-def fit_in_subprocess(root: Path, tiny: Path, *extra: str, timeout: float = 240) -> dict:
-    """Run ``moram fit`` of the tiny CLIP in a fresh process; returns the accuracy matrix it wrote."""
-    return moram_in_subprocess(root, run_args(root, tiny, *extra), timeout)
-
-
-def moram_in_subprocess(root: Path, args: list[str], timeout: float = 240) -> dict:
-    """Run ``moram ARGS`` in a fresh process in ``root``; returns the accuracy matrix it wrote."""
-    root.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "moram.cli", *args]
-    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, cwd=root)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return json.loads(next(root.rglob("continual_metrics.json")).read_text())
+from helpers import (
+    STRATEGIES,
+    TINY,
+    fit_in_subprocess,
+    lm_args,
+    moram_in_subprocess,
+    recording_args,
+    run_args,
+    subprocess_env,
+)
 
 
 def load_atoms(root: Path, tag: str, rank: int) -> dict[str, torch.Tensor]:

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import write_domain
 
 from moram.data.folder import FolderTasks
 from moram.data.transforms import CLIP_MEAN, CLIP_STD
-
-
-def write_domain(root, domain, classes, per_class):
-    for split, count in (("train", per_class), ("test", 1)):
-        for c, name in enumerate(classes):
-            folder = root / domain / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.full((20, 30, 3), 40 * c + i, dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
 def test_reads_layout_labels_classnames_and_templates(tmp_path):

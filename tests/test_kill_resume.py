@@ -16,24 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback
-from test_distributed import STRATEGIES, TINY, run_args, subprocess_env
+from helpers import STRATEGIES, TINY, run_args, subprocess_env
 
 STOP = 4  # global step after which the run is killed: inside task 2 (3 steps per task)
-
-
-class Stall(Callback):
-    """Once ``at_step`` optimizer steps are done (and checkpointed), write ``<marker>`` and hang."""
-
-    def __init__(self, at_step: int = -1, marker: str = "") -> None:
-        self.at_step, self.marker = at_step, marker
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.at_step:
-            trainer.strategy.barrier()  # every rank has finished writing its shard of the checkpoint
-            if trainer.is_global_zero:
-                Path(self.marker).write_text(str(trainer.global_step))
-            time.sleep(600)  # killed long before this returns
 
 
 def command(root: Path, tiny: Path, at_step: int = -1, *extra: str) -> list[str]:
@@ -43,7 +28,7 @@ def command(root: Path, tiny: Path, at_step: int = -1, *extra: str) -> list[str]
                   "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                   "--trainer.callbacks.dirpath", str(root / "ckpt"), "--trainer.callbacks.every_n_train_steps", "1",
                   "--trainer.callbacks.save_top_k", "-1", "--trainer.callbacks.save_last", "true",
-                  "--trainer.callbacks+=test_kill_resume.Stall", "--trainer.callbacks.at_step", str(at_step),
+                  "--trainer.callbacks+=helpers.Stall", "--trainer.callbacks.at_step", str(at_step),
                   "--trainer.callbacks.marker", str(root / "stalled"), *extra),
     ]
 

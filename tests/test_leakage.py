@@ -8,9 +8,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from test_atom_usage import E, Host, hand_built_layer
-from test_baselines import fit_with, tiny_config  # noqa: F401  (a fixture)
-from test_llm_cl import _run
+from helpers import E, Host, fit_with, hand_built_layer, run_lm
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -73,7 +71,7 @@ def test_expert_methods_report_blocks_too(kind, tmp_path):
 
 
 def test_an_lm_run_writes_and_prints_the_leakage_table(tmp_path, capsys):
-    cli, log_dir = _run(tmp_path, USAGE)
+    cli, log_dir = run_lm(tmp_path, USAGE)
     summary = json.loads((log_dir / "atom_usage" / "summary.json").read_text())
     assert summary["row"] == "after_task2"
     assert [r["task"] for r in summary["tasks"]] == ["rotate", "decrement"]

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CONFIGS, TOK, run_lm
 from lightning.pytorch import Trainer
 
 from moram.atoms import AtomConfig
-from moram.backbones.tiny_lm import char_tokenizer
 from moram.callbacks.continual_metrics import ContinualMetricsCallback
 from moram.callbacks.task_boundary import TaskBoundaryCallback
-from moram.cli import main
 from moram.data.stream import TaskStreamDataModule
 from moram.data.text import TextDataset, TextTask
 from moram.lm_batch import IGNORE, encode_causal, encode_seq2seq
@@ -25,20 +24,6 @@ from moram.lm_module import LMContinualModule
 from moram.text_metrics import normalize_answer
 
 ROOT = Path(__file__).resolve().parents[1]
-TOK = char_tokenizer()
-CONFIGS = {
-    "llama": {
-        "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 64, "max_position_embeddings": 64,
-    },
-    "gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "vocab_size": 64, "n_positions": 64,
-             "bos_token_id": TOK.bos_token_id, "eos_token_id": TOK.eos_token_id},
-    "t5": {
-        "model_type": "t5", "d_model": 32, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
-        "d_kv": 16, "vocab_size": 64, "decoder_start_token_id": TOK.pad_token_id, "pad_token_id": TOK.pad_token_id,
-        "eos_token_id": TOK.eos_token_id,
-    },
-}
 PROMPTS = ["rotate: 1234 =", "decrement: 45 =", "sort: 9 ="]
 ANSWERS = ["2341", "34", "9"]
 
@@ -136,27 +121,8 @@ def test_generation_scoring_matches_reference_greedy_answers(tmp_path):
     assert module.generate(prompts, 4) == greedy
 
 
-def lm_args(tmp_path, *extra, subcommand="fit"):
-    """``moram`` arguments: the LLM default config shrunk to a tiny LLaMA and two short tasks."""
-    return [
-        subcommand, "--config", str(ROOT / "configs" / "llm_cl.yaml"),
-        "--model.model", "null", "--model.config", json.dumps(CONFIGS["llama"]), "--model.tokenizer", "char",
-        "--model.max_new_tokens", "6",
-        "--data.source.tasks", '["rotate", "decrement"]', "--data.source.train_size", "24",
-        "--data.source.test_size", "6", "--data.source.max_len", "4",
-        "--data.steps_per_task", "3", "--data.batch_size", "4",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", *extra,
-    ]
-
-
-def _run(tmp_path, *extra, subcommand="fit"):
-    cli = main(lm_args(tmp_path, *extra, subcommand=subcommand))
-    return cli, Path(cli.trainer.log_dir)
-
-
 def test_two_task_run_writes_the_matrix_with_trace_metrics(tmp_path):
-    cli, log_dir = _run(tmp_path)
+    cli, log_dir = run_lm(tmp_path)
     assert any(isinstance(c, TaskBoundaryCallback) for c in cli.trainer.callbacks)  # the CLIP runs' callback
     metrics = json.loads((log_dir / "continual_metrics.json").read_text())
     assert metrics["task_names"] == ["rotate", "decrement"]
@@ -174,7 +140,7 @@ def test_two_task_run_writes_the_matrix_with_trace_metrics(tmp_path):
 
 
 def test_test_subcommand_writes_predictions(tmp_path):
-    cli, log_dir = _run(tmp_path, subcommand="test")
+    cli, log_dir = run_lm(tmp_path, subcommand="test")
     files = sorted(p.name for p in (log_dir / "predictions").iterdir())
     assert files == ["decrement.jsonl", "rotate.jsonl"]
     rows = [json.loads(line) for line in (log_dir / "predictions" / "rotate.jsonl").read_text().splitlines()]
@@ -219,7 +185,7 @@ def test_bad_inputs_name_the_option(tmp_path):
 
 
 def test_bf16_mixed_precision_trains_the_atoms(tmp_path):
-    cli, log_dir = _run(tmp_path, "--trainer.precision", "bf16-mixed", "--data.source.tasks", '["rotate"]')
+    cli, log_dir = run_lm(tmp_path, "--trainer.precision", "bf16-mixed", "--data.source.tasks", '["rotate"]')
     layers = cli.model.atom_layers()
     assert all(layer.bank.current_values.dtype == torch.float32 for _, layer in layers)  # fp32 master weights
     assert any(layer.bank.current_values.abs().sum() > 0 for _, layer in layers)  # and they trained
@@ -227,7 +193,7 @@ def test_bf16_mixed_precision_trains_the_atoms(tmp_path):
 
 
 def test_a_baseline_method_runs_on_a_language_model(tmp_path):
-    cli, log_dir = _run(tmp_path, "--model.method", "moram.baselines.SequentialLoRA", "--model.method.rank", "2")
+    cli, log_dir = run_lm(tmp_path, "--model.method", "moram.baselines.SequentialLoRA", "--model.method.rank", "2")
     assert cli.model.atom_layers() == []
     layers = cli.model.continual_layers()
     assert len(layers) == 8  # q, k, v, o of two blocks, the atoms' default targets
@@ -237,13 +203,13 @@ def test_a_baseline_method_runs_on_a_language_model(tmp_path):
 def test_resume_mid_task_with_atom_dropout_is_exact(tmp_path):
     # Atom dropout (the paper's 0.1) draws from the global RNG; its state travels in the checkpoint.
     dropout = ("--model.atoms.dropout", "0.1")
-    full_cli, full_dir = _run(tmp_path / "full", *dropout)
+    full_cli, full_dir = run_lm(tmp_path / "full", *dropout)
     ckpt_dir = tmp_path / "ckpt"
-    _run(tmp_path / "part", *dropout, "--trainer.max_steps", "4",
+    run_lm(tmp_path / "part", *dropout, "--trainer.max_steps", "4",
          "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath",
          str(ckpt_dir), "--trainer.callbacks.every_n_train_steps", "4", "--trainer.callbacks.save_top_k", "-1")
     ckpt = next(ckpt_dir.glob("*.ckpt"))  # step 4: inside the second task
-    resumed_cli, resumed_dir = _run(tmp_path / "resumed", *dropout, "--ckpt_path", str(ckpt))
+    resumed_cli, resumed_dir = run_lm(tmp_path / "resumed", *dropout, "--ckpt_path", str(ckpt))
     full = json.loads((full_dir / "continual_metrics.json").read_text())
     resumed = json.loads((resumed_dir / "continual_metrics.json").read_text())
     assert resumed["matrix"] == full["matrix"]

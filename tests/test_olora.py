@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-from test_baselines import fit_with, tiny_config  # noqa: F401  (a fixture)
-from test_llm_cl import _run
+from helpers import fit_with, run_lm
 from torch import nn
 
 from moram.baselines import OLoRA
@@ -86,7 +85,7 @@ def test_olora_trains_on_clip_through_the_cli(tmp_path, tiny_config):  # noqa: F
 
 
 def test_olora_trains_on_a_language_model(tmp_path):
-    cli, log_dir = _run(tmp_path, "--model.method", "moram.baselines.OLoRA", "--model.method.rank", "2")
+    cli, log_dir = run_lm(tmp_path, "--model.method", "moram.baselines.OLoRA", "--model.method.rank", "2")
     layers = cli.model.continual_layers()
     assert len(layers) == 8
     assert all(isinstance(layer, OLoRALinear) for _, layer in layers)

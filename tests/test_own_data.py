@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY, write_domain
 from PIL import Image
-from test_clip_cl import TINY
-from test_folder import write_domain
 
 from moram.cli import main
 from moram.data.folder import FolderTasks

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from helpers import fit_args
 from lightning.pytorch import Callback
-from test_clip_cl import fit_args, tiny_config  # noqa: F401  (a fixture)
 
 from moram.cli import main
 from moram.module_base import lr_factor
