@@ -6,6 +6,8 @@ Model and data are chosen by ``class_path`` in the YAML; every option shows in `
 Values that must agree are derived, not written twice: when the data is a task stream
 (:class:`moram.protocols.TaskStream`), ``trainer.max_epochs`` left null becomes the number of tasks,
 and the LightningModules size their atom banks from the same number (``model.atoms.max_tasks: null``).
+The trainer defaults of a task stream (:data:`TASK_STREAM_TRAINER_DEFAULTS`: a reload per epoch, the
+full zero-shot validation, no distributed sampler) are the command's defaults, not lines in every config.
 A continual run always gets a :class:`~moram.callbacks.task_boundary.TaskBoundaryCallback` and a
 :class:`~moram.callbacks.continual_metrics.ContinualMetricsCallback`; list either under
 ``trainer.callbacks`` to configure it, and the default one is not added. It also gets an
@@ -148,6 +150,15 @@ def find_last_checkpoint(log_root: Path, dirpaths: list[Path]) -> tuple[Path, in
 def _class_name(node: Any) -> str:
     path = node.get("class_path") if hasattr(node, "get") else None
     return str(path or "").rsplit(".", 1)[-1]
+
+
+TASK_STREAM_TRAINER_DEFAULTS: dict[str, Any] = {
+    "reload_dataloaders_every_n_epochs": 1,  # one epoch is one task: each epoch serves its own task
+    "num_sanity_val_steps": -1,  # the full validation before training is the accuracy matrix's zero-shot row
+    "use_distributed_sampler": False,  # the task stream shards each task across ranks itself (exact resume)
+}
+"""Trainer defaults of the ``moram`` command, for a task stream (``max_epochs`` null becomes the number of
+tasks). A config that trains on something else sets its own values (``configs/pretrain_tiny_clip.yaml``)."""
 
 
 class MoramCLI(LightningCLI):
@@ -300,6 +311,7 @@ def main(args: list[str] | None = None, run: bool = True) -> MoramCLI:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        trainer_defaults=TASK_STREAM_TRAINER_DEFAULTS,
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},

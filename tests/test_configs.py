@@ -64,3 +64,19 @@ def test_xtail_config_builds_vit_b16_with_random_weights(tmp_path):
     assert bank.capacity == 16 * 10
     assert cli.datamodule.num_tasks == 10
     assert module.protocol == "task_agnostic"
+
+
+def test_task_stream_trainer_settings_are_the_commands_defaults(tmp_path):
+    from moram.cli import TASK_STREAM_TRAINER_DEFAULTS
+
+    for path in CONFIGS:  # run configs no longer copy them; the pretraining recipe sets its own
+        text = path.read_text()
+        assert all(f"  {key}:" not in text for key in TASK_STREAM_TRAINER_DEFAULTS) or path.name.startswith("pretrain")
+    cli = main(["--config", str(CONFIG_DIR / "clip_cl.yaml"), "--trainer.default_root_dir", str(tmp_path)], run=False)
+    assert cli.trainer.reload_dataloaders_every_n_epochs == 1
+    assert cli.trainer.num_sanity_val_steps == float("inf")  # -1: every validation batch before training
+    assert cli.trainer._accelerator_connector.use_distributed_sampler is False
+    assert cli.trainer.max_epochs == cli.datamodule.num_tasks
+    other = main(["--config", str(CONFIG_DIR / "clip_cl.yaml"), "--trainer.num_sanity_val_steps", "0",
+                  "--trainer.default_root_dir", str(tmp_path)], run=False)
+    assert other.trainer.num_sanity_val_steps == 0  # still an ordinary option
