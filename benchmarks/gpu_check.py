@@ -367,24 +367,15 @@ def _boundary_frozen():
 
 def fit_command(root: Path, tiny: Path, strategy: str, accelerator: str, *extra: str) -> list[str]:
     """``moram fit`` of the tiny CLIP as gpu_strategies.fit runs it, plus a checkpoint every step."""
-    cmd = [
-        sys.executable, "-m", "moram.cli", "fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"),
-        "--model.model_config", str(tiny), "--model.pretrained", "null",
-        "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
-        "--data.source", "moram.data.synthetic.SyntheticTasks", "--data.source.num_tasks", "2",
-        "--data.source.image_size", "16", "--data.source.samples_per_class", "16",
-        "--data.steps_per_task", "3", "--data.batch_size", "4",
-        "--trainer.accelerator", accelerator, "--trainer.devices", "1", "--trainer.precision", "32-true",
-        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        "--trainer.callbacks+=gpu_strategies.RankAtoms", "--trainer.callbacks.out", str(root / "atoms"),
+    from gpu_strategies import fit_command as tiny_fit_command
+
+    checks = [
         "--trainer.callbacks+=gpu_check.BoundaryFrozen", "--trainer.callbacks.out", str(root / "atoms"),
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
         "--trainer.callbacks.dirpath", str(root / "ckpt"), "--trainer.callbacks.every_n_train_steps", "1",
         "--trainer.callbacks.save_top_k", "-1",
-        "--config", str(ROOT / "configs" / "strategy" / f"{strategy}.yaml"), *extra,
     ]
-    return cmd
+    return [*tiny_fit_command(root, tiny, 1, 4, strategy, accelerator, *checks), *extra]
 
 
 def run_fit(root: Path, cmd: list[str]) -> float:

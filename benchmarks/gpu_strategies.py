@@ -66,13 +66,10 @@ class RankAtoms(Callback):
         torch.save(tensors, self.out / f"rank{trainer.global_rank}.pt")
 
 
-def fit(
-    root: Path, devices: int, batch_size: int, strategy: str | None, accelerator: str = "gpu"
-) -> tuple[float, dict, list[dict]]:
-    """One ``moram fit``; returns (seconds, accuracy matrix, atoms of every rank)."""
-    tiny = root / "tiny_clip.json"
-    root.mkdir(parents=True, exist_ok=True)
-    tiny.write_text(json.dumps(TINY))
+def fit_command(
+    root: Path, tiny: Path, devices: int, batch_size: int, strategy: str | None, accelerator: str, *extra: str
+) -> list[str]:
+    """``moram fit`` of the tiny CLIP writing each rank's atoms; ``extra`` goes before the strategy."""
     cmd = [
         sys.executable, "-m", "moram.cli", "fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"),
         "--model.model_config", str(tiny), "--model.pretrained", "null",
@@ -84,9 +81,21 @@ def fit(
         "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
         "--trainer.callbacks+=gpu_strategies.RankAtoms", "--trainer.callbacks.out", str(root / "atoms"),
+        *extra,
     ]
     if strategy is not None:
         cmd += ["--config", str(ROOT / "configs" / "strategy" / f"{strategy}.yaml")]
+    return cmd
+
+
+def fit(
+    root: Path, devices: int, batch_size: int, strategy: str | None, accelerator: str = "gpu"
+) -> tuple[float, dict, list[dict]]:
+    """One ``moram fit``; returns (seconds, accuracy matrix, atoms of every rank)."""
+    tiny = root / "tiny_clip.json"
+    root.mkdir(parents=True, exist_ok=True)
+    tiny.write_text(json.dumps(TINY))
+    cmd = fit_command(root, tiny, devices, batch_size, strategy, accelerator)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
