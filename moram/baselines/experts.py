@@ -61,7 +61,7 @@ class ExpertBankLinear(ExpertStoreLinear):
         if self.task_index == 0 and not use_current:
             return None
         h = x.to(self.current_A.dtype)
-        a, b = self.experts(use_current)
+        a, b = self.stacked(use_current)
         z = F.linear(h, a).unflatten(-1, (-1, self.rank))  # (..., E, r)
         w = self.route(z)
         if self.route_hooks:

@@ -56,7 +56,7 @@ class MoELoRALinear(ExpertStoreLinear):
         if self.task_index == 0 and not use_current:
             return None
         h = x.to(self.current_A.dtype)
-        a, b = self.experts(use_current)
+        a, b = self.stacked(use_current)
         g = self.gate(h, use_current)  # (..., E)
         if self.route_hooks:
             self.report_route(g)

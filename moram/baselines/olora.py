@@ -14,9 +14,9 @@ The penalty is added to the training loss (:meth:`OLoRALinear.penalty`, summed o
 and ``loranew_B``). Defaults are that code's settings: r 8, ``lora_alpha`` 32 (scale 32 / 8 = 4),
 ``lora_dropout`` 0.1, λ₁ 0.5, λ₂ 0 (``scripts/order_*.sh``).
 
-Like the expert store (DESIGN.md §3) the parameter set never changes: frozen LoRAs live in buffers
-(``frozen_A`` (max_tasks - 1, r, d_in), ``frozen_B`` (max_tasks - 1, d_out, r)); the present task's in
-Parameters ``current_A`` / ``current_B``, copied into the next slot and re-drawn at a boundary.
+The LoRAs live in :class:`~moram.baselines.expert_store.LoRAStoreLinear`'s fixed-capacity storage
+(DESIGN.md §3): frozen ones in buffers ``frozen_A`` / ``frozen_B``, the present task's in Parameters
+``current_A`` / ``current_B``, copied into the next slot and re-drawn at a boundary.
 Every LoRA has ``B`` zero until trained, so the present one needs no "untrained" flag: it adds nothing.
 """
 
@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moram.adapters.layer import ContinualLinear, LayerCost
-from moram.distributed import assign_full, full_value
+from moram.adapters.layer import LayerCost
+from moram.baselines.expert_store import LoRAStoreLinear
+from moram.distributed import full_value
 
 
-class OLoRALinear(ContinualLinear):
+class OLoRALinear(LoRAStoreLinear):
     """A frozen linear map plus one LoRA per task, the present one regularised by :meth:`penalty`.
 
     Args:
@@ -58,33 +59,21 @@ class OLoRALinear(ContinualLinear):
 
     seed_namespace = "moram-olora"
 
-    frozen_A: Tensor
-    frozen_B: Tensor
-
     def __init__(
         self, base: nn.Module, in_features: int, out_features: int, *, rank: int, max_tasks: int,
         scale: float = 4.0, dropout: float = 0.1, lambda_orth: float = 0.5, lambda_l2: float = 0.0, seed: int = 0,
     ) -> None:
-        super().__init__(base, in_features, out_features, max_tasks=max_tasks, seed=seed)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"model.method.dropout must be in [0, 1), got {dropout}")
-        self.rank, self.scale, self.dropout = rank, scale, dropout
-        self.lambda_orth, self.lambda_l2 = lambda_orth, lambda_l2
-        kw = self.factory_kwargs
-        self.current_A = nn.Parameter(torch.zeros(rank, in_features, **kw))
-        self.current_B = nn.Parameter(torch.zeros(out_features, rank, **kw))
-        self.register_buffer("frozen_A", torch.zeros(max_tasks - 1, rank, in_features, **kw))
-        self.register_buffer("frozen_B", torch.zeros(max_tasks - 1, out_features, rank, **kw))
-        self.start_task()
+        super().__init__(base, in_features, out_features, rank=rank, max_tasks=max_tasks, scale=scale, seed=seed)
+        self.dropout, self.lambda_orth, self.lambda_l2 = dropout, lambda_orth, lambda_l2
 
     # ------------------------------------------------------------------ function
     def delta(self, x: Tensor) -> Tensor:
-        n, r = self.task_index, self.rank
         h = x.to(self.current_A.dtype)
         if self.training and self.dropout:
             h = F.dropout(h, self.dropout)
-        a = torch.cat([self.frozen_A[:n].reshape(n * r, self.in_features), self.current_A])  # ((n+1)·r, d_in)
-        b = torch.cat([self.frozen_B[:n].permute(1, 0, 2).reshape(self.out_features, n * r), self.current_B], 1)
+        a, b = self.stacked(use_current=True)  # ((n+1)·r, d_in), (d_out, (n+1)·r)
         return self.scale * F.linear(F.linear(h, a), b)  # (..., (n+1)·r) -> (..., d_out)
 
     def penalty(self) -> Tensor:
@@ -99,23 +88,6 @@ class OLoRALinear(ContinualLinear):
             b_t = full_value(self.current_B)
             total = total + self.lambda_l2 * (torch.linalg.norm(a_t.float()) + torch.linalg.norm(b_t.float()))
         return total
-
-    # ------------------------------------------------------------------ lifecycle
-    @torch.no_grad()
-    def end_task(self) -> None:
-        """Freeze the present LoRA into the next slot."""
-        n = self.task_index
-        self.frozen_A[n].copy_(full_value(self.current_A))
-        self.frozen_B[n].copy_(full_value(self.current_B))
-
-    @torch.no_grad()
-    def start_task(self) -> None:
-        """Draw the new task's LoRA: ``A`` Kaiming-uniform from the task's generator, ``B`` zero."""
-        assign_full(self.current_A, self.kaiming_rows(self.rank, self.task_index))
-        assign_full(self.current_B, torch.zeros(self.out_features, self.rank))
-
-    def current_parameters(self) -> list[nn.Parameter]:
-        return [self.current_A, self.current_B]
 
     def settings(self) -> dict[str, Any]:
         return {
