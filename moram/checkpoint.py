@@ -52,6 +52,10 @@ def clean_key(name: str) -> str:
     return clean_name(name)
 
 
+FINGERPRINT_CACHE = "_moram_backbone_fingerprint"
+"""Attribute of the module holding its fingerprint, computed at the first checkpoint of the run."""
+
+
 def _is_fsdp1(module: nn.Module) -> bool:
     return any(type(m).__name__ == "FullyShardedDataParallel" for m in module.modules())
 
@@ -74,8 +78,7 @@ def adapter_keys(module: nn.Module) -> set[str]:
     return keep
 
 
-def _frozen_entries(module: nn.Module) -> dict[str, Tensor]:
-    keep = adapter_keys(module)
+def _frozen_entries(module: nn.Module, keep: set[str]) -> dict[str, Tensor]:
     entries = {clean_key(k): v for k, v in module.state_dict(keep_vars=True).items()}
     return {k: v for k, v in sorted(entries.items()) if k not in keep}
 
@@ -87,15 +90,18 @@ def _tensor_bytes(t: Tensor) -> bytes:
     return value.view(torch.uint8).numpy().tobytes() if value.numel() else b""
 
 
-def backbone_fingerprint(module: nn.Module) -> dict[str, Any]:
-    """The backbone's build options and a hash of its frozen tensors (see the module docstring)."""
+def backbone_fingerprint(module: nn.Module, keep: set[str] | None = None) -> dict[str, Any]:
+    """The backbone's build options and a hash of its frozen tensors (see the module docstring).
+
+    ``keep``: :func:`adapter_keys` of ``module`` when the caller has it already.
+    """
     hparams = dict(getattr(module, "hparams", {}) or {})
     options = {k: _plain(hparams[k]) for k in BACKBONE_OPTIONS if k in hparams}
     record: dict[str, Any] = {"class": type(module).__name__, "options": options}
     if _is_fsdp1(module):
         record["weights"] = "not hashed under FSDP1"
         return record
-    frozen = _frozen_entries(module)
+    frozen = _frozen_entries(module, adapter_keys(module) if keep is None else keep)
     digest = hashlib.sha256()
     for name, t in frozen.items():
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
@@ -132,7 +138,12 @@ def strip_backbone(module: nn.Module, checkpoint: dict[str, Any]) -> None:
 
     state = checkpoint.get("state_dict")
     keep = adapter_keys(module)
-    fingerprint = backbone_fingerprint(module)  # on every rank: it may read sharded tensors
+    # The backbone is frozen for the whole run: hash it at the first save only (on every rank, the
+    # same saves, so the collectives that reading sharded tensors needs stay matched).
+    fingerprint = getattr(module, FINGERPRINT_CACHE, None)
+    if fingerprint is None:
+        fingerprint = backbone_fingerprint(module, keep)
+        setattr(module, FINGERPRINT_CACHE, fingerprint)
     if isinstance(state, dict):
         for key in [k for k in state if clean_key(k) not in keep]:
             del state[key]
