@@ -14,7 +14,7 @@ attention is converted to separate q/k/v/out linears, sharing its frozen weights
 * ``frozen fwd``: forward and loss only, under ``no_grad`` (training mode).
 
 A step is: text features of C class prompts (with grad), image features of a batch of B images,
-:func:`moram.losses.clip_class_loss` (what ``moram.module.CLIPContinualModule.training_step`` does),
+:func:`moram.backbones.clip.loss.clip_class_loss` (what ``moram.module.CLIPContinualModule.training_step`` does),
 backward, and an AdamW step over the trainable parameters. Variants are timed round-robin; the
 tables show medians, images/s (B / median step) and ratios of medians with the issue's targets:
 routed after the most tasks ≤ 1.0 × peft LoRA of equal total rank, and step(t_max)/step(t_min) ≤
@@ -69,8 +69,8 @@ from bench_layer import (  # noqa: E402 -- the sibling script, importable once i
 
 from moram import AtomConfig, consolidate_atoms, routed_layers  # noqa: E402
 from moram.accounting import adapter_cost  # noqa: E402
-from moram.backbones.clip import build_clip, clip_targets, prepare_clip  # noqa: E402
-from moram.losses import clip_class_loss  # noqa: E402
+from moram.backbones.clip.build import build_clip, clip_targets, prepare_clip  # noqa: E402
+from moram.backbones.clip.loss import clip_class_loss  # noqa: E402
 
 RANK = 16
 POSITIONAL = ("positional_embedding", "visual.positional_embedding")
@@ -79,7 +79,7 @@ POSITIONAL = ("positional_embedding", "visual.positional_embedding")
 # ---------------------------------------------------------------------------- models
 def build_base(model_name: str | None, model_config: str | None, device: str) -> tuple[nn.Module, Any]:
     """The frozen backbone with converted attention (random weights), and its tokenizer."""
-    from moram.backbones.clip_attention import convert_attention
+    from moram.backbones.clip.attention import convert_attention
 
     torch.manual_seed(0)
     model, tokenizer = build_clip(model_name=model_name, model_config=model_config)

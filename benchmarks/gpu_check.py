@@ -352,7 +352,7 @@ def _boundary_frozen():
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if batch_idx:
                 return
-            model = pl_module.backbone if hasattr(pl_module, "backbone") else pl_module.clip
+            model = pl_module.model
             tensors = {}
             for name, layer in routed_layers(model):
                 n = layer.bank.num_frozen_atoms

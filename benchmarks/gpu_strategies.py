@@ -55,7 +55,7 @@ class RankAtoms(Callback):
 
         tensors = {}
         with full_parameters(pl_module):  # FSDP1: gathers the flat parameters; FSDP2: DTensors below
-            for name, layer in routed_layers(pl_module.clip):
+            for name, layer in routed_layers(pl_module.model):
                 bank = layer.bank
                 n = bank.num_frozen_atoms
                 tensors[f"{name}.frozen_keys"] = bank.frozen_keys[:n].detach().cpu().clone()
@@ -72,7 +72,7 @@ def fit_command(
     """``moram fit`` of the tiny CLIP writing each rank's atoms; ``extra`` goes before the strategy."""
     cmd = [
         sys.executable, "-m", "moram.cli", "fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"),
-        "--model.model_config", str(tiny), "--model.pretrained", "null",
+        "--model.backbone.model_config", str(tiny), "--model.backbone.pretrained", "null",
         "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
         "--data.source", "moram.data.synthetic.SyntheticTasks", "--data.source.num_tasks", "2",
         "--data.source.image_size", "16", "--data.source.samples_per_class", "16",

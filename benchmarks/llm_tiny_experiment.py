@@ -52,8 +52,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from moram.atoms import AtomConfig, current_atom_parameters, routed_layers  # noqa: E402
-from moram.backbones.lm import prepare_lm  # noqa: E402
-from moram.backbones.tiny_lm import load_tiny_lm  # noqa: E402
+from moram.backbones.lm.build import prepare_lm  # noqa: E402
+from moram.backbones.lm.tiny import load_tiny_lm  # noqa: E402
 from moram.data.generated_text import CONTINUAL, PRIMITIVES, GeneratedTextTasks  # noqa: E402
 from moram.lm_pretrain import exact_match, train_steps  # noqa: E402
 
@@ -65,7 +65,7 @@ def route_shares(model: torch.nn.Module, tokenizer, tasks, rank: int) -> list[li
     columns: atom blocks 0..B-1 in bank order, then "none" (tokens whose weights were all gated by delta,
     counted as 1). Averaged over tokens and over every routed layer.
     """
-    from moram.lm_batch import encode_causal
+    from moram.backbones.lm.batch import encode_causal
 
     layers = [layer for _, layer in routed_layers(model)]
     rows = []

@@ -43,5 +43,5 @@ class ImageSizeCheckCallback(Callback):
         if got != want:
             raise ValueError(
                 f"data.source.image_size gives {got}-pixel images but the model's image tower takes {want} "
-                f"(model.model_config / model.model_name); set data.source.image_size: {want}"
+                f"(model.backbone.model_config / model.backbone.model_name); set data.source.image_size: {want}"
             )

@@ -22,7 +22,7 @@ from moram.atoms import (
 )
 from moram.protocols import continual_layers, routed_layers
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AdapterMethod",

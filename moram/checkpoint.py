@@ -11,7 +11,8 @@ Instead, ``checkpoint["moram_checkpoint"]`` records:
 * ``format`` (:data:`FORMAT`) and the moram version that wrote it;
 * ``kept``: the state-dict keys it holds, which a resume must find in the model;
 * ``backbone``: a fingerprint — the backbone's build options (``model_config``, ``pretrained``,
-  ...), the names, shapes and dtypes of every frozen tensor, and a SHA-256 over the bytes of a
+  ...: :meth:`moram.backbones.base.Backbone.build_options`), the names, shapes and dtypes of every
+  frozen tensor, and a SHA-256 over the bytes of a
   few of them (the four largest of at most 4 M elements: cheap even for a 1B-parameter LM).
   Resuming on another backbone is refused with a message naming both.
 
@@ -95,9 +96,15 @@ def backbone_fingerprint(module: nn.Module, keep: set[str] | None = None) -> dic
 
     ``keep``: :func:`adapter_keys` of ``module`` when the caller has it already.
     """
-    hparams = dict(getattr(module, "hparams", {}) or {})
-    options = {k: _plain(hparams[k]) for k in BACKBONE_OPTIONS if k in hparams}
-    record: dict[str, Any] = {"class": type(module).__name__, "options": options}
+    own = getattr(module, "backbone_options", None)
+    if callable(own):  # moram.module.ContinualModule: its backbone plugin's build options
+        options = {k: _plain(v) for k, v in own().items()}
+        kind = type(module.backbone).__name__
+    else:  # another module: its hyperparameters of those names
+        hparams = dict(getattr(module, "hparams", {}) or {})
+        options = {k: _plain(hparams[k]) for k in BACKBONE_OPTIONS if k in hparams}
+        kind = type(module).__name__
+    record: dict[str, Any] = {"class": kind, "options": options}
     if _is_fsdp1(module):
         record["weights"] = "not hashed under FSDP1"
         return record
@@ -214,3 +221,47 @@ def load_sharded_state(module: nn.Module, path: Path) -> None:
     wrapped = {"state_dict": state}
     load(wrapped, checkpoint_id=path)
     module.load_state_dict(wrapped["state_dict"], strict=False)
+
+
+# --------------------------------------------------------------------------------------- hyperparameters
+CLIP_BACKBONE_OPTIONS = ("model_config", "model_name", "pretrained", "towers", "layers", "protocol")
+LM_BACKBONE_OPTIONS = ("model", "config", "tokenizer", "dtype", "include_mlp", "max_length", "max_new_tokens",
+                       "num_beams", "trust_remote_code")
+LEGACY_MODULES = {
+    "moram.module.CLIPContinualModule": ("moram.backbones.clip.CLIPBackbone", CLIP_BACKBONE_OPTIONS),
+    "moram.lm_module.LMContinualModule": ("moram.backbones.lm.LMBackbone", LM_BACKBONE_OPTIONS),
+}
+"""The LightningModules of moram 0.1 (one per kind of model), and the backbone plugin each became."""
+
+
+def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters of a moram 0.1 module (``CLIPContinualModule``, ``LMContinualModule``) in the composed form.
+
+    Their backbone options move under ``backbone`` (a ``class_path`` to the plugin); the shared ones
+    (atoms, method, optimiser) stay. Anything else is returned unchanged.
+
+    Example:
+        >>> new = upgrade_hparams({"_class_path": "moram.module.CLIPContinualModule", "model_config": "m", "lr": 0.1})
+        >>> new["_class_path"], new["lr"]
+        ('moram.module.ContinualModule', 0.1)
+        >>> new["backbone"]
+        {'class_path': 'moram.backbones.clip.CLIPBackbone', 'init_args': {'model_config': 'm'}}
+    """
+    legacy = LEGACY_MODULES.get(str(hparams.get("_class_path")))
+    if legacy is None:
+        return hparams
+    backbone, options = legacy
+    shared = {k: v for k, v in hparams.items() if k not in options and k != "_class_path"}
+    init_args = {k: hparams[k] for k in options if k in hparams}
+    return {**shared, "backbone": {"class_path": backbone, "init_args": init_args},
+            "_class_path": "moram.module.ContinualModule"}
+
+
+def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
+    """The model hyperparameters of a checkpoint file in ``class_path`` form (upgraded from moram 0.1), or {}."""
+    checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    hparams = upgrade_hparams(dict(checkpoint.get("hyper_parameters") or {}))
+    hparams.pop("_instantiator", None)
+    if "_class_path" in hparams:
+        return {"class_path": hparams.pop("_class_path"), "init_args": hparams}
+    return hparams

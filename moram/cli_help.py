@@ -14,7 +14,8 @@ from typing import Any
 
 HELP_GUIDE = """moram's own options (model, atoms, method, data source) are listed by class:
   moram fit --config configs/clip_cl.yaml --print_config      every option of a run, with its value
-  moram fit --model.help moram.module.CLIPContinualModule       a model's options (or moram.lm_module.LMContinualModule)
+  moram fit --model.help moram.module.ContinualModule           the module's (backbone, method, atoms, optimiser)
+  moram fit --model.backbone.help moram.backbones.clip.CLIPBackbone   a backbone's (or moram.backbones.lm.LMBackbone)
   moram fit --config configs/clip_cl.yaml --model.atoms.help    the atoms' options (AtomConfig)
   moram fit --model.method.help moram.baselines.SequentialLoRA  a method's options
   moram fit --data.help moram.data.stream.TaskStreamDataModule  the task stream's options

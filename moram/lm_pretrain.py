@@ -1,8 +1,8 @@
 """Pretrain moram's offline default language model: a tiny LLaMA on a mixture of generated digit tasks.
 
-``python -m moram.lm_pretrain`` builds the character tokenizer (:func:`moram.backbones.tiny_lm.char_tokenizer`)
+``python -m moram.lm_pretrain`` builds the character tokenizer (:func:`moram.backbones.lm.tiny.char_tokenizer`)
 and a tiny LLaMA from config, trains *all* its weights with the answer-masked causal loss
-(:func:`moram.lm_batch.encode_causal`) on the mixture :data:`PRETRAINING_MIXTURE` (copy, reverse, sort,
+(:func:`moram.backbones.lm.batch.encode_causal`) on the mixture :data:`PRETRAINING_MIXTURE` (copy, reverse, sort,
 increment, each on digit strings and on letter strings a..j), measures greedy exact match per task, and
 writes the model, the tokenizer and a ``README.md`` model card (recipe, accuracy, SHA-256 of the weights) with
 ``save_pretrained`` to ``--out`` (default: the shipped ``moram/assets/tiny_llama``).
@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from moram.backbones.tiny_lm import TINY_LM_DIR, char_tokenizer, tiny_llama_config
+from moram.backbones.lm.batch import decode_answers, encode_causal, encode_causal_prompts
+from moram.backbones.lm.tiny import TINY_LM_DIR, char_tokenizer, tiny_llama_config
 from moram.data.generated_text import PRIMITIVES, generate_examples
-from moram.lm_batch import decode_answers, encode_causal, encode_causal_prompts
 
 #: The pretraining mixture: the primitives on digit strings and on letter strings (a..j).
 PRETRAINING_MIXTURE = [*PRIMITIVES, *(f"{p} letters" for p in PRIMITIVES)]
@@ -226,7 +226,7 @@ def _card(f: dict[str, Any], sha: str, size: int) -> str:
 
 A {f["params"]:,}-parameter LLaMA (`LlamaForCausalLM`: hidden {c["hidden_size"]}, {c["num_layers"]} layers,
 {c["num_heads"]} heads, MLP {c["intermediate_size"]}, tied embeddings) with a character-level tokenizer
-(`moram.backbones.tiny_lm.char_tokenizer`), trained from scratch by moram on generated digit tasks.
+(`moram.backbones.lm.tiny.char_tokenizer`), trained from scratch by moram on generated digit tasks.
 It is the frozen base of the offline continual-learning default `configs/llm_cl.yaml`, which teaches
 it *new* instructions (decrement, sort descending, rotate, swap pairs) with MoRAM atoms.
 
@@ -248,7 +248,7 @@ digit strings of length {f["min_len"]}..{f["max_len"]}; {f["train_size"]:,} trai
 | | |
 |---|---|
 | trained | all weights, from random initialisation (seed {f["seed"]}) |
-| loss | causal LM cross-entropy on the answer tokens and eos (prompt masked; `moram.lm_batch.encode_causal`) |
+| loss | causal LM cross-entropy on the answer tokens and eos (prompt masked; `encode_causal`) |
 | steps | {f["steps"]}, batch {f["batch_size"]} |
 | optimiser | AdamW (betas 0.9/0.95), peak lr {f["lr"]}, weight decay {f["weight_decay"]}, \
 {f["warmup"]} warm-up steps, cosine to 0; grad-norm clip 1 |
@@ -272,7 +272,7 @@ Greedy exact match on the held-out test inputs (mean **{100 * f["mean_accuracy"]
 ## Use
 
 ```python
-from moram.backbones.tiny_lm import load_tiny_lm
+from moram.backbones.lm.tiny import load_tiny_lm
 
 model, tokenizer = load_tiny_lm()  # verifies the SHA-256 above
 ```

@@ -1,68 +1,136 @@
-"""The CLIP continual-learning LightningModule: a frozen open_clip model with atom banks.
+r"""moram's continual LightningModule: one module, composed of a backbone plugin and an adaptation method.
 
-One ``fit`` runs the whole task sequence (one epoch = one task, DESIGN.md §3). Training uses the
-current task's class prompts (DESIGN.md §1 loss); validation after every task scores every task,
-seen and unseen, in the configured protocol and logs each score under
-:func:`moram.protocols.score_key`, where the continual-metrics callback picks it up.
+One ``fit`` runs the whole task sequence (one epoch = one task, DESIGN.md §3). :class:`ContinualModule`
+owns everything a continual run shares; a :class:`~moram.backbones.base.Backbone` provides what differs
+between kinds of models (build, default targets, loss, per-example scores, predictions):
+
+* bank capacity: ``atoms.max_tasks: null`` is taken from the task stream;
+* the method: MoRAM with ``atoms`` (``method: null``), or a baseline from :mod:`moram.baselines`;
+* AdamW over the current task's parameters with a per-task schedule (``lr_schedule``: warmup then
+  cosine or constant; restarted by the task-boundary callback) and an adapter's own loss term
+  (:func:`adapter_penalty`, O-LoRA's);
+* evaluation of every task after every task: per-example scores are accumulated per task and view in
+  torchmetrics ``MeanMetric``\\ s (synced across ranks by torchmetrics) and logged under
+  :func:`moram.protocols.score_key`, where the continual-metrics callback builds the accuracy matrix;
+* the :class:`~moram.protocols.ContinualHost`, :class:`~moram.protocols.ShardedHost` and
+  :class:`~moram.protocols.AdapterExporter` protocols the callbacks use;
+* adapter-only checkpoints with a backbone fingerprint (:mod:`moram.checkpoint`), the RNG state for
+  exact resume, the adapters' cost written to ``adapter_cost.json``, FSDP2 sharding of the built model.
+
+The adapted model is ``module.model`` (built in ``configure_model()``, or by :meth:`ContinualModule.build`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
+from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from moram.adapters.method import AdapterMethod
 from moram.atoms.config import AtomConfig
-from moram.distributed import gather_batch
-from moram.losses import clip_class_loss
-from moram.module_base import ContinualModule, LRSchedule
-from moram.protocols import score_key
+from moram.backbones.base import Backbone
+from moram.protocols import ContinualLayer, continual_layers, is_task_stream, score_key
 
-EvalProtocol = Literal["task_aware", "task_agnostic"]
-AGNOSTIC_PREFIX = "eval/agnostic/"
-AWARE_PREFIX = "eval/aware/"
+LRSchedule = Literal["cosine", "constant"]
+"""The per-task learning-rate schedules: warmup then cosine to zero, or warmup then constant."""
+
+PREDICTIONS_DIR = "predictions"
+TEST_PREFIX = "test/score/"
 
 
-class CLIPContinualModule(ContinualModule):
-    """Continual CLIP with MoRAM atoms in the image tower, the text tower or both.
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    """LR factor at ``step`` of a task of ``total`` steps: linear warmup, then cosine to zero."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def constant_with_warmup(step: int, total: int, warmup: int) -> float:
+    """LR factor at ``step`` of a task: linear warmup, then 1 (``total`` is unused; the same signature)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    return 1.0
+
+
+SCHEDULES = {"cosine": cosine_with_warmup, "constant": constant_with_warmup}
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
+    """LR factor of ``schedule`` (:data:`LRSchedule`) at ``step`` within a task of ``total`` steps."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"model.lr_schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+    return SCHEDULES[schedule](step, total, warmup)
+
+
+def adapter_penalty(model: torch.nn.Module) -> Tensor | None:
+    """Sum of ``layer.penalty()`` over the continual layers that have one (O-LoRA's regulariser), or None."""
+    penalties = [getattr(layer, "penalty", None) for _, layer in continual_layers(model)]
+    terms = [penalty().float() for penalty in penalties if callable(penalty)]
+    return torch.stack(terms).sum() if terms else None
+
+
+class TaskScores:
+    """Per-task, per-view means of per-example scores, one torchmetrics ``MeanMetric`` each.
+
+    ``compute()`` syncs each metric across ranks (torchmetrics' own all-gather), so every example
+    counts once whatever the number of processes. Float64, and a NaN score raises instead of being
+    dropped. Not a module: the metrics live for one evaluation pass and are never checkpointed.
+    """
+
+    def __init__(self, num_tasks: int, views: list[str], device: torch.device) -> None:
+        from torchmetrics.aggregation import MeanMetric
+
+        def metric() -> MeanMetric:
+            m = MeanMetric(nan_strategy="error").to(device)
+            m.set_dtype(torch.float64)
+            return m
+
+        self.metrics = {view: [metric() for _ in range(num_tasks)] for view in views}
+
+    def update(self, task: int, scores: dict[str, Tensor]) -> None:
+        for view, values in scores.items():
+            self.metrics[view][task].update(values.detach().to(torch.float64).reshape(-1))
+
+    def compute(self, view: str, task: int) -> float:
+        """The mean score of ``task`` under ``view`` over every rank's examples (0 for a task with none)."""
+        metric = self.metrics[view][task]
+        value = float(metric.compute()) if metric.update_count or torch.distributed.is_initialized() else 0.0
+        return 0.0 if math.isnan(value) else value  # NaN here only means no examples: NaN scores raise
+
+
+class ContinualModule(LightningModule):
+    """Continual learning of a frozen pre-trained model: a backbone plugin, a method, an optimiser.
 
     Args:
-        model_config: a moram-shipped model config name (``moram/assets/models``) or a JSON file;
-            exclusive with ``model_name``.
-        model_name: an open_clip model name (e.g. ``ViT-B-16``).
-        pretrained: weights: an open_clip tag (``openai``), a local file (safetensors / torch), or
-            ``packaged`` for the weights moram ships for ``model_config``; None keeps random weights.
-        atoms: atom settings (rank, top_k, temperature, threshold, scale, dropout, max_tasks, targets).
+        backbone: the kind of model (``class_path``): :class:`moram.backbones.clip.CLIPBackbone` (open_clip),
+            :class:`moram.backbones.lm.LMBackbone` (transformers), or your own
+            :class:`~moram.backbones.base.Backbone` subclass.
         method: the adaptation method (a ``class_path`` from :mod:`moram.baselines`: ``ZeroShot``,
             ``SequentialLoRA``, ``OLoRA``, ``MoELoRA``, ``RankRExperts``); null is MoRAM with ``atoms``.
             Baselines take the targets, ``max_tasks`` and seed from ``atoms``.
-        towers: towers that carry atoms: ``image``, ``text`` or both.
-        layers: layer groups that carry atoms: ``attn`` (q, k, v, out) and/or ``mlp`` (c_fc, c_proj).
-        protocol: how the reported score classifies a test image: ``task_aware`` (among its own
-            task's classes, MTIL) or ``task_agnostic`` (among the union of all tasks' classes, X-TAIL).
-            Both views are always logged (``eval/aware/*``, ``eval/agnostic/*``).
-        lr: AdamW learning rate of the current atoms.
+        atoms: atom settings (rank, top_k, temperature, threshold, scale, dropout, max_tasks, targets);
+            null: the backbone's default (the paper's CLIP or LLM settings).
+        lr: AdamW learning rate of the current task's parameters.
         weight_decay: AdamW weight decay.
-        betas: AdamW betas.
+        betas: AdamW betas (the paper's LLM runs use (0.9, 0.95), its CLIP runs (0.9, 0.9999): see the configs).
         warmup_steps: linear warmup steps at the start of every task (both schedules).
         lr_schedule: the learning rate within each task, restarted at every task: ``cosine`` (warmup,
             then cosine to zero) or ``constant`` (warmup, then ``lr``; the official TRACE setting).
-        steps_per_task: length of the per-task schedule; None takes the data's ``steps_per_task``.
+        steps_per_task: length of the per-task schedule; null takes the data's ``steps_per_task``.
     """
 
     def __init__(
         self,
-        model_config: str | None = "moram-tiny-minilm",
-        model_name: str | None = None,
-        pretrained: str | None = None,
-        atoms: AtomConfig | None = None,
+        backbone: Backbone,
         method: AdapterMethod | None = None,
-        towers: list[str] | None = None,
-        layers: list[str] | None = None,
-        protocol: EvalProtocol = "task_aware",
+        atoms: AtomConfig | None = None,
         lr: float = 5e-4,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -71,152 +139,265 @@ class CLIPContinualModule(ContinualModule):
         steps_per_task: int | None = None,
     ) -> None:
         super().__init__()
-        if (model_config is None) == (model_name is None):
-            raise ValueError("set exactly one of model.model_config (a moram/JSON config) and model.model_name "
-                             "(an open_clip name)")
-        if protocol not in ("task_aware", "task_agnostic"):
-            raise ValueError(f"model.protocol must be 'task_aware' or 'task_agnostic', got {protocol!r}")
+        if not isinstance(backbone, Backbone):
+            raise TypeError(f"model.backbone must be a moram.backbones.base.Backbone, got {type(backbone).__name__}")
+        if lr_schedule not in SCHEDULES:
+            raise ValueError(f"model.lr_schedule must be one of {sorted(SCHEDULES)}, got {lr_schedule!r}")
         self.save_hyperparameters()
-        self.atoms = atoms if atoms is not None else AtomConfig()
+        self.backbone = backbone
         self.method = method
-        self._trains = True  # False once configure_optimizers found nothing to train (zero-shot)
-        self.towers = list(towers or ["image", "text"])
-        self.layer_groups = list(layers or ["attn", "mlp"])
-        self.protocol = protocol
-        self.model_config, self.model_name, self.pretrained = model_config, model_name, pretrained
-        self.lr, self.weight_decay, self.betas = lr, weight_decay, (float(betas[0]), float(betas[1]))
-        if lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"model.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        self.atoms = atoms if atoms is not None else backbone.default_atoms()
+        self.lr, self.weight_decay = lr, weight_decay
+        self.betas = (float(betas[0]), float(betas[1]))
         self.warmup_steps, self.lr_schedule, self.steps_per_task = warmup_steps, lr_schedule, steps_per_task
-        self.model: Any = None  # the open_clip model, built in configure_model()
-        self.tokenizer: Any = None
+        self.model: Any = None  # the adapted model, built in configure_model()
         self.adapted: list[str] = []
-        self._prompt_cache: dict[int, Tensor] = {}
-        self._eval: dict[str, Any] = {}
+        self._trains = True  # False once configure_optimizers found nothing to train (zero-shot)
+        self._scores: TaskScores | None = None
+        self._records: list[list[dict[str, Any]]] | None = None
+        self._pending_rng: dict[str, Tensor] | None = None
 
     # ------------------------------------------------------------------ construction
-    def _build_model(self) -> None:
-        from moram.backbones.clip import build_clip, prepare_clip
+    def configure_model(self) -> None:
+        """Build and adapt the backbone once; shard it under FSDP2 (a strategy with a device mesh). Idempotent."""
+        if self.model is None:
+            self.atoms = self.resolve_max_tasks(self.atoms)
+            model = self.backbone.build()
+            self.adapted = self.backbone.adapt(model, self.atoms, self.method)
+            self.model = model
+        if self.device_mesh is not None:
+            from moram.distributed import shard_atom_model
 
-        if self.pretrained == "packaged":
-            from moram.backbones.tiny_clip import load_tiny_clip
+            shard_atom_model(self.model, self.device_mesh)
 
-            if self.model_config != "moram-tiny-minilm":
-                raise ValueError(
-                    "model.pretrained='packaged' means the weights moram ships for model_config "
-                    f"'moram-tiny-minilm', not {self.model_config!r}; give a tag or a file instead"
-                )
-            model, tokenizer = load_tiny_clip()
-        else:
-            model, tokenizer = build_clip(
-                model_name=self.model_name, model_config=self.model_config, pretrained=self.pretrained
-            )
-        self.adapted = prepare_clip(model, self.atoms, towers=self.towers, layers=self.layer_groups, method=self.method)
-        self.model, self.tokenizer = model, tokenizer
+    def build(self) -> Any:
+        """The adapted model, built on first use."""
+        if self.model is None:
+            self.configure_model()
+        return self.model
 
-    @property
-    def clip(self) -> Any:
-        """The open_clip model (built on first use)."""
-        return self.backbone
+    def resolve_max_tasks(self, atoms: AtomConfig) -> AtomConfig:
+        """``atoms`` with ``max_tasks`` taken from the task stream when it is null."""
+        if atoms.max_tasks is not None:
+            return atoms
+        stream: Any = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if stream is None or not is_task_stream(stream):
+            raise ValueError("model.atoms.max_tasks is null and there is no task stream to take it from; set it")
+        return dataclasses.replace(atoms, max_tasks=stream.num_tasks)
+
+    def backbone_options(self) -> dict[str, Any]:
+        """The backbone's build options, recorded in checkpoints (:mod:`moram.checkpoint`)."""
+        return self.backbone.build_options()
 
     @property
     def score_views(self) -> dict[str, str]:
-        """The other protocol's scores, logged beside the primary ones (view name -> metric prefix)."""
-        return {"task_agnostic": AGNOSTIC_PREFIX} if self.protocol == "task_aware" else {"task_aware": AWARE_PREFIX}
+        """Views of the scores beside the primary one (view name -> metric prefix); each gets a metrics file."""
+        return {v: p for v, p in self.backbone.views.items() if v != self.backbone.primary_view}
+
+    @property
+    def protocol(self) -> str:
+        """Name of the view the primary score is (e.g. ``task_aware``), ``""`` when the backbone has one view."""
+        return self.backbone.primary_view
+
+    def atom_layers(self) -> list[tuple[str, Any]]:
+        """MoRAM's layers of the model (none under a baseline ``method``)."""
+        from moram.atoms.inject import atom_layers
+
+        return atom_layers(self.model) if self.model is not None else []
+
+    def continual_layers(self) -> list[tuple[str, ContinualLayer]]:
+        """Every continual layer, atoms or baseline (the :class:`moram.protocols.ContinualHost` protocol)."""
+        return continual_layers(self.model) if self.model is not None else []
+
+    def export_adapters(self, directory: Path) -> bool:
+        """Write the adapters (the :class:`~moram.protocols.AdapterExporter` protocol); every rank calls it.
+
+        MoRAM's atoms as :func:`moram.save_atoms` files (``load_atoms``-ready), a baseline's layers as
+        :func:`moram.adapters.save_adapters` files; False (nothing written) when the model adapts nothing.
+        """
+        if self.model is None or not self.continual_layers():
+            return False
+        if self.atom_layers():
+            from moram.atoms.state import save_atoms
+
+            save_atoms(self.model, directory, self.atoms)
+        else:
+            from moram.adapters.files import save_adapters
+
+            save_adapters(self.model, directory)
+        return True
+
+    def full_parameters(self) -> Any:
+        """Parameters readable and writable in full inside the block (:class:`~moram.protocols.ShardedHost`).
+
+        FSDP1 gathers its flat parameters; FSDP2 units are resharded so layers see DTensors, which they
+        read and write themselves (:func:`moram.distributed.full_value`, :func:`~moram.distributed.assign_full`).
+        """
+        from moram.distributed import full_parameters
+
+        return full_parameters(self)
+
+    def on_fit_start(self) -> None:
+        """Write the adapters' parameter and FLOP accounting (:mod:`moram.accounting`) to ``adapter_cost.json``."""
+        from moram.accounting import adapter_cost
+
+        log_dir = self.trainer.log_dir  # a collective: every rank
+        if self.trainer.is_global_zero and log_dir is not None:
+            cost = adapter_cost(self.build(), num_tasks=int(self.atoms.max_tasks or 1))
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(log_dir) / "adapter_cost.json").write_text(json.dumps(cost, indent=1) + "\n")
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def strict_loading(self) -> bool:
+        """False: checkpoints hold no frozen backbone (:mod:`moram.checkpoint` checks the keys itself)."""
+        return False if self._strict_loading is None else bool(self._strict_loading)
+
+    @strict_loading.setter
+    def strict_loading(self, value: bool) -> None:
+        self._strict_loading = value
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop the frozen backbone and fingerprint it (:mod:`moram.checkpoint`); keep the global RNG state.
+
+        The RNG state: atom dropout draws from it, and Lightning does not restore it.
+        """
+        from moram.checkpoint import strip_backbone
+
+        strip_backbone(self, checkpoint)
+        state: dict[str, Tensor] = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        checkpoint["moram_rng"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another backbone or model; take its RNG state (set at the next training batch)."""
+        from moram.checkpoint import check_resume
+
+        check_resume(self, checkpoint, getattr(self._trainer, "ckpt_path", None) if self._trainer else None)
+        self._pending_rng = checkpoint.get("moram_rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Set the RNG state of a resumed run, so it draws the dropout masks the uninterrupted run drew."""
+        state, self._pending_rng = self._pending_rng, None
+        if state:
+            torch.set_rng_state(state["cpu"])
+            if "cuda" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda"], self.device)
 
     # ------------------------------------------------------------------ task bookkeeping
-    def _task_prompts(self, task: int) -> Tensor:
-        if task not in self._prompt_cache:
-            t = self.stream.tasks[task]
-            self._prompt_cache[task] = self.tokenizer([t.template.format(c) for c in t.classnames])
-        return self._prompt_cache[task].to(self.device)
+    @property
+    def stream(self) -> Any:
+        """The trainer's task-stream datamodule (it must list its ``tasks``)."""
+        stream = getattr(self.trainer, "datamodule", None)
+        if stream is None or not hasattr(stream, "tasks"):
+            raise ValueError(
+                f"{type(self).__name__} needs a task-stream datamodule with `tasks`, "
+                "e.g. moram.data.stream.TaskStreamDataModule"
+            )
+        return stream
 
-    def _encode_text(self, tokens: Tensor) -> Tensor:
-        return F.normalize(self.clip.encode_text(tokens), dim=-1)
+    @property
+    def current_task_index(self) -> int:
+        """Index of the task being trained: the epoch, capped at the last task."""
+        return min(self.current_epoch, self.stream.num_tasks - 1)
 
-    def _encode_image(self, images: Tensor) -> Tensor:
-        return F.normalize(self.clip.encode_image(images), dim=-1)
+    def check_loss(self, loss: Tensor, batch_idx: int) -> None:
+        """Raise naming ``model.lr`` and the task when ``loss`` is NaN or infinite (nothing is updated)."""
+        if not torch.isfinite(loss):
+            task = self.current_task_index
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at task {task} step {batch_idx}; lower model.lr "
+                f"(now {self.lr}) or check the data of task '{self.stream.task_names[task]}'"
+            )
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         if not self._trains:  # zero-shot: nothing to train, the step is skipped
             return None
-        images, labels = batch
-        task = self.current_task_index
-        text = self._encode_text(self._task_prompts(task))  # (C, D), with grad: the text tower has atoms
-        image = self._encode_image(images)  # (b, D): this rank's share of the global batch
-        # the text->image term couples the images of a batch: compute it on the global batch, so that
-        # N processes train exactly like one (moram.distributed.gather_batch)
-        image, labels = gather_batch(image, labels)  # (B, D), (B,)
-        loss = clip_class_loss(image, text, labels, self.clip.logit_scale.exp())
-        self.check_loss(loss, batch_idx)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
-        return self.add_adapter_penalty(loss)  # O-LoRA's regulariser; nothing for other methods
+        step = self.backbone.training_loss(self, batch, self.current_task_index)
+        self.check_loss(step.loss, batch_idx)
+        self.log("train/loss", step.logged, prog_bar=True, batch_size=step.batch_size)
+        penalty = adapter_penalty(self.model)  # O-LoRA's regulariser; nothing for other methods
+        if penalty is None:
+            return step.loss
+        self.log("train/penalty", penalty.detach())
+        return step.loss + penalty.to(step.loss.dtype)
 
     # ------------------------------------------------------------------ evaluation
-    def _start_eval(self) -> None:
-        tasks = self.stream.tasks
-        union: list[str] = []
-        prompts: list[str] = []
-        for t in tasks:
-            for c in t.classnames:
-                if c not in union:
-                    union.append(c)
-                    prompts.append(t.template.format(c))
-        text = self._encode_text(self.tokenizer(prompts).to(self.device))  # (U, D)
-        to_union = [torch.tensor([union.index(c) for c in t.classnames], device=self.device) for t in tasks]
-        self._eval = {
-            "text": text,
-            "to_union": to_union,
-            "counts": torch.zeros(len(tasks), 3, device=self.device, dtype=torch.long),  # aware, agnostic, total
-        }
+    def _start_eval(self, keep_records: bool = False) -> None:
+        tasks = len(self.stream.tasks)
+        self._scores = TaskScores(tasks, ["", *self.backbone.views], self.device)
+        self._records = [[] for _ in range(tasks)] if keep_records else None
+        self.backbone.start_eval(self)
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval()
 
     def on_test_epoch_start(self) -> None:
-        self._start_eval()
+        self._start_eval(keep_records=True)
 
-    def _eval_step(self, batch: tuple[Tensor, Tensor], task: int) -> None:
-        images, labels = batch
-        image = self._encode_image(images)  # (B, D)
-        text, to_union = self._eval["text"], self._eval["to_union"][task]
-        aware = (image @ text[to_union].T).argmax(dim=1)  # among the task's own classes
-        agnostic = (image @ text.T).argmax(dim=1)  # among the union of all class names
-        counts = self._eval["counts"][task]
-        counts[0] += (aware == labels).sum()
-        counts[1] += (agnostic == to_union[labels]).sum()
-        counts[2] += len(labels)
+    def _eval_step(self, batch: Any, task: int) -> None:
+        assert self._scores is not None
+        result = self.backbone.eval_scores(self, batch, task, keep_records=self._records is not None)
+        self._scores.update(task, result.scores)
+        if self._records is not None and result.records is not None:
+            self._records[task] += result.records
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
 
     def _finish_eval(self, prefix: str) -> dict[str, float]:
-        counts = self.trainer.strategy.reduce(self._eval["counts"], reduce_op="sum")  # each sample once
+        """Log every task's mean score (synced across ranks) under ``prefix`` and each view's prefix."""
+        assert self._scores is not None
         scores: dict[str, float] = {}
         for task, name in enumerate(self.stream.task_names):
-            total = max(int(counts[task, 2]), 1)
-            aware = 100.0 * float(counts[task, 0]) / total
-            agnostic = 100.0 * float(counts[task, 1]) / total
-            primary = aware if self.protocol == "task_aware" else agnostic
-            scores[name] = primary
-            self.log(f"{prefix}{name}", primary, sync_dist=False)
-            self.log(f"{AWARE_PREFIX}{name}", aware, sync_dist=False)
-            self.log(f"{AGNOSTIC_PREFIX}{name}", agnostic, sync_dist=False)
+            scores[name] = self._scores.compute("", task)
+            self.log(f"{prefix}{name}", scores[name], sync_dist=False)  # synced by torchmetrics already
+            for view, view_prefix in self.backbone.views.items():
+                self.log(f"{view_prefix}{name}", self._scores.compute(view, task), sync_dist=False)
         return scores
 
     def on_validation_epoch_end(self) -> None:
         self._finish_eval(score_key(""))
 
     def on_test_epoch_end(self) -> None:
-        self._finish_eval("test/score/")
+        self._finish_eval(TEST_PREFIX)
+        self._write_records()
 
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        """Task-agnostic class index (into the union of all tasks' class names) of each image."""
-        if not self._eval:
-            self._start_eval()
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return (self._encode_image(images) @ self._eval["text"].T).argmax(dim=1)
+    def _write_records(self) -> None:
+        """This process's test predictions, one JSONL file per task under ``<log_dir>/predictions``."""
+        kept, log_dir = self._records, self.trainer.log_dir
+        if not kept or not any(kept) or log_dir is None:
+            return
+        folder = Path(log_dir) / PREDICTIONS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = f".rank{self.trainer.global_rank}" if self.trainer.world_size > 1 else ""
+        for name, rows in zip(self.stream.task_names, kept, strict=True):
+            with open(folder / f"{name}{suffix}.jsonl", "w") as f:
+                for row in rows:
+                    f.write(json.dumps(row) + "\n")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        return self.backbone.predict(self, batch, dataloader_idx)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        params = [p for _, layer in continual_layers(self.build()) for p in layer.current_parameters()]
+        self._trains = bool(params)
+        if not params:
+            if self.method is not None:
+                return None  # a method that adapts nothing (zero-shot)
+            raise ValueError("no trainable atom parameters; check model.atoms.targets and the layer options")
+        optimizer = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        total, warmup = self.steps_per_task, self.warmup_steps
+        if total is None:
+            total = getattr(getattr(self._trainer, "datamodule", None), "steps_per_task", None)
+            if total is None:
+                raise ValueError("model.steps_per_task is null and the datamodule has no steps_per_task; set it")
+        schedule = self.lr_schedule
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(schedule, s, total, warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

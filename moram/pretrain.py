@@ -4,7 +4,7 @@
 ``moram-tiny-minilm`` on Fashion-MNIST's 60,000 training images against the class prompts, with the
 pretrained all-MiniLM-L6-v2 transformer frozen, and writes ``tiny_clip.safetensors`` (image tower,
 text projection and ``logit_scale`` in fp16) plus ``MODEL_CARD.md`` to ``export_dir``. These are the
-weights that :func:`moram.backbones.tiny_clip.load_tiny_clip` loads.
+weights that :func:`moram.backbones.clip.tiny.load_tiny_clip` loads.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from moram.backbones.tiny_clip import FROZEN_PREFIX, export_tiny_clip
+from moram.backbones.clip.loss import clip_class_loss
+from moram.backbones.clip.tiny import FROZEN_PREFIX, export_tiny_clip
 from moram.data.idx import FASHION_MNIST_CLASSES, load_fashion_mnist
 from moram.data.transforms import to_clip_images
-from moram.losses import clip_class_loss
 
 
 class _ClipCollate:
@@ -127,7 +127,7 @@ class ContrastivePretrainModule(LightningModule):
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
-        from moram.backbones.clip import build_clip_from_config, load_model_config
+        from moram.backbones.clip.build import build_clip_from_config, load_model_config
 
         if "{}" not in template:
             raise ValueError(f"template must contain '{{}}' for the class name, got {template!r}")

@@ -22,7 +22,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> Path:
-    """The tiny CLIP's model config as a JSON file (``--model.model_config``); built from config, never downloaded."""
+    """The tiny CLIP's model config as a JSON file (``--model.backbone.model_config``); never downloaded."""
     path = tmp_path / "tiny_clip.json"
     path.write_text(json.dumps(TINY))
     return path

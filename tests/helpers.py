@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from moram import AtomConfig, AtomLinear, routed_layers
-from moram.backbones.tiny_lm import char_tokenizer
+from moram.backbones.lm.tiny import char_tokenizer
 from moram.cli import main
 from moram.distributed import full_value
 from moram.protocols import continual_layers
@@ -40,7 +40,7 @@ TINY = {
 def fit_args(tmp_path, model_config, *extra):
     return [
         "fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"),
-        "--model.model_config", str(model_config), "--model.pretrained", "null",
+        "--model.backbone.model_config", str(model_config), "--model.backbone.pretrained", "null",
         "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
         "--data.source", "moram.data.synthetic.SyntheticTasks",
         "--data.source.num_tasks", "2", "--data.source.image_size", "16", "--data.source.samples_per_class", "8",
@@ -58,7 +58,7 @@ def run_fit(tmp_path, model_config, *extra):
 
 
 def atoms_of(cli):
-    return [(layer.keys.detach(), layer.values.detach()) for _, layer in routed_layers(cli.model.clip)]
+    return [(layer.keys.detach(), layer.values.detach()) for _, layer in routed_layers(cli.model.model)]
 
 
 TOK = char_tokenizer()
@@ -83,8 +83,9 @@ def lm_args(tmp_path, *extra, subcommand="fit"):
     """``moram`` arguments: the LLM default config shrunk to a tiny LLaMA and two short tasks."""
     return [
         subcommand, "--config", str(ROOT / "configs" / "llm_cl.yaml"),
-        "--model.model", "null", "--model.config", json.dumps(CONFIGS["llama"]), "--model.tokenizer", "char",
-        "--model.max_new_tokens", "6",
+        "--model.backbone.model", "null", "--model.backbone.config", json.dumps(CONFIGS["llama"]),
+        "--model.backbone.tokenizer", "char",
+        "--model.backbone.max_new_tokens", "6",
         "--data.source.tasks", '["rotate", "decrement"]', "--data.source.train_size", "24",
         "--data.source.test_size", "6", "--data.source.max_len", "4",
         "--data.steps_per_task", "3", "--data.batch_size", "4",
@@ -172,7 +173,7 @@ class RankAtoms(Callback):
 
     def _dump(self, trainer, pl_module, tag, current):
         tensors = {}
-        for name, layer in routed_layers(pl_module.backbone):
+        for name, layer in routed_layers(pl_module.model):
             bank = layer.bank
             n = bank.num_frozen_atoms
             tensors[f"{name}.frozen_keys"] = bank.frozen_keys[:n].clone()

@@ -41,14 +41,15 @@ def test_checkpoint_holds_the_atoms_and_a_fingerprint_not_the_backbone(tmp_path,
 
 def test_llama_checkpoint_grows_with_the_atoms_not_the_backbone():
     from moram import AtomConfig
-    from moram.lm_module import LMContinualModule
+    from moram.backbones.lm import LMBackbone
+    from moram.module import ContinualModule
 
-    def llama(hidden: int, intermediate: int, vocab: int, rank: int) -> LMContinualModule:
+    def llama(hidden: int, intermediate: int, vocab: int, rank: int) -> ContinualModule:
         config = {"model_type": "llama", "hidden_size": hidden, "intermediate_size": intermediate,
                   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                   "vocab_size": vocab, "max_position_embeddings": 64}
-        module = LMContinualModule(model=None, config=config, tokenizer="char",
-                                   atoms=AtomConfig(rank=rank, top_k=rank, max_tasks=2))
+        module = ContinualModule(LMBackbone(model=None, config=config, tokenizer="char"),
+                                 atoms=AtomConfig(rank=rank, top_k=rank, max_tasks=2))
         module.configure_model()
         return module
 

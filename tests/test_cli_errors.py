@@ -27,7 +27,8 @@ BAD = {
     "batch_size": (["--data.batch_size", "0"], r"data\.batch_size must be a positive integer, got 0"),
     "data_root": (["--data.source", "moram.data.folder.FolderTasks", "--data.source.domains", "[a]",
                    "--data.source.root", "/nonexistent/moram-data"], r"data\.source\.root '/nonexistent/moram-data'"),
-    "model_name": (["--model.model_config", "null", "--model.model_name", "NoSuchModel-B-99"], r"NoSuchModel-B-99"),
+    "model_name": (["--model.backbone.model_config", "null", "--model.backbone.model_name", "NoSuchModel-B-99"],
+                   r"NoSuchModel-B-99"),
 }
 
 

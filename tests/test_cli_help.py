@@ -28,16 +28,18 @@ def test_top_level_help_lists_every_subcommand_and_how_to_find_moram_options(cap
 
 def test_fit_help_starts_with_the_guide_to_moram_options(capsys):
     text = help_text(capsys, ["fit", "--help"])
-    guide = text.index("--model.help moram.module.CLIPContinualModule")
+    guide = text.index("--model.help moram.module.ContinualModule")
     assert guide < text.index("--trainer.accelerator ACCELERATOR\n")
 
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["fit", "--config", CONFIG, "--model.atoms.help"], "--model.atoms.rank RANK"),
-    (["fit", "--model", "moram.module.CLIPContinualModule", "--model.atoms.help"], "--model.atoms.top_k TOP_K"),
+    (["fit", "--model", "moram.module.ContinualModule", "--model.atoms.help"], "--model.atoms.top_k TOP_K"),
+    (["fit", "--model.backbone.help", "moram.backbones.clip.CLIPBackbone"], "--model.backbone.protocol"),
+    (["fit", "--model.backbone.help", "moram.backbones.lm.LMBackbone"], "--model.backbone.max_new_tokens"),
     (["fit", "--data.source.help", "moram.data.folder.FolderTasks"], "--data.source.domains"),
     (["fit", "--data.source.help=moram.data.text_benchmarks.JsonlTasks"], "--data.source.root ROOT"),
-    (["fit", "--model.help", "moram.module.CLIPContinualModule"], "--model.atoms.help"),
+    (["fit", "--model.help", "moram.module.ContinualModule"], "--model.backbone.help"),
     (["fit", "--data.help", "moram.data.stream.TaskStreamDataModule"], "--data.source.help"),
 ])
 def test_advertised_help_flags_work(capsys, args, expected):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moram.atoms import AtomConfig, AtomLinear
-from moram.backbones.clip_attention import (
+from moram.backbones.clip.attention import (
     SplitAttention,
     SplitAttentionPool2d,
     convert_attention,

@@ -35,7 +35,7 @@ def test_fit_writes_the_accuracy_matrix_and_grows_atoms(tmp_path, tiny_config):
     assert (log_dir / "continual_metrics.csv").is_file()
     assert (log_dir / "accuracy_matrix.png").is_file()
     # One consolidation for two tasks: r atoms frozen in every routed layer, the last task's still current.
-    layers = routed_layers(cli.model.clip)
+    layers = routed_layers(cli.model.model)
     assert len(layers) == 12  # 1 block x (q, k, v, out, c_fc, c_proj) x 2 towers
     assert all(layer.bank.num_frozen_atoms == 2 for _, layer in layers)
     assert cli.trainer.max_epochs == 2  # taken from the task stream
@@ -48,14 +48,14 @@ def test_frozen_atoms_are_bit_identical_after_their_task(tmp_path, tiny_config):
         ends: list = []
 
         def on_train_epoch_end(self, trainer, pl_module):
-            self.ends.append([lay.bank.current_values.detach().clone() for _, lay in routed_layers(pl_module.clip)])
+            self.ends.append([lay.bank.current_values.detach().clone() for _, lay in routed_layers(pl_module.model)])
 
     snap = Snap()
     args = fit_args(tmp_path, tiny_config, "--data.source.num_tasks", "3")
     cli = main(args[1:], run=False)  # without a subcommand: build only
     cli.trainer.callbacks.append(snap)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    layers = routed_layers(cli.model.clip)
+    layers = routed_layers(cli.model.model)
     for task, values in enumerate(snap.ends[:-1]):
         for v, (_, layer) in zip(values, layers, strict=True):
             assert torch.equal(layer.bank.frozen_values[2 * task:2 * task + 2], v)
@@ -87,9 +87,10 @@ def test_resume_gives_the_same_matrix_and_atoms(tmp_path, tiny_config, stop):
 
 
 def test_pretrained_unavailable_offline_names_the_option(tmp_path):
-    with pytest.raises(Exception, match="model.pretrained"):
-        main(["fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"), "--model.model_config", "null",
-              "--model.model_name", "ViT-B-32", "--model.pretrained", str(tmp_path / "missing.safetensors"),
+    with pytest.raises(Exception, match="model.backbone.pretrained"):
+        main(["fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"), "--model.backbone.model_config", "null",
+              "--model.backbone.model_name", "ViT-B-32",
+              "--model.backbone.pretrained", str(tmp_path / "missing.safetensors"),
               "--trainer.default_root_dir", str(tmp_path)])
 
 
@@ -133,7 +134,7 @@ def test_non_finite_loss_is_a_clear_error(tmp_path, tiny_config):
     class Poison(Callback):
         def on_train_start(self, trainer, pl_module):
             with torch.no_grad():
-                routed_layers(pl_module.clip)[0][1].bank.current_keys.fill_(float("nan"))
+                routed_layers(pl_module.model)[0][1].bank.current_keys.fill_(float("nan"))
 
     cli = main(fit_args(tmp_path, tiny_config)[1:], run=False)
     cli.trainer.callbacks.append(Poison())

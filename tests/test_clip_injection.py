@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from moram.atoms import AtomConfig, AtomLinear, target_matches
-from moram.backbones.clip import (
+from moram.backbones.clip.attention import convert_attention
+from moram.backbones.clip.build import (
     build_clip,
     build_clip_from_config,
     clip_targets,
@@ -17,7 +18,6 @@ from moram.backbones.clip import (
     load_pretrained,
     prepare_clip,
 )
-from moram.backbones.clip_attention import convert_attention
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -178,14 +178,15 @@ def test_load_pretrained_from_a_file(fmt: str, tmp_path: Path) -> None:
 def test_a_file_that_does_not_fit_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "wide.pt"
     torch.save(_tiny(0, width=96).state_dict(), path)
-    with pytest.raises(ValueError, match=r"model.pretrained='.*wide.pt' does not fit CLIP: .*shape mismatch .*visual"):
+    fit = r"model.backbone.pretrained='.*wide.pt' does not fit CLIP: .*shape mismatch .*visual"
+    with pytest.raises(ValueError, match=fit):
         load_pretrained(_tiny(1), str(path))
     converted = _tiny(1)
     convert_attention(converted)
     torch.save(_tiny(0).state_dict(), path)
     with pytest.raises(ValueError, match=r"missing .*q_proj.*unexpected .*in_proj_weight.*before convert_attention"):
         load_pretrained(converted, str(path))
-    with pytest.raises(FileNotFoundError, match="model.pretrained='missing/weights.pt'"):
+    with pytest.raises(FileNotFoundError, match="model.backbone.pretrained='missing/weights.pt'"):
         load_pretrained(converted, "missing/weights.pt")
 
 
@@ -195,20 +196,20 @@ def test_open_clip_tags_fail_clearly_offline(tmp_path: Path, monkeypatch: pytest
     # Hermetic: no network and an empty cache, whatever the environment.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(ValueError, match="model.pretrained='openai'.*model.model_name"):
+    with pytest.raises(ValueError, match="model.backbone.pretrained='openai'.*model.backbone.model_name"):
         load_pretrained(_tiny(0), "openai")  # a model built from a config has no tags
     with pytest.raises(ValueError, match=r"not a pretrained tag of 'ViT-B-16'; its tags are \[.*'openai'"):
         load_pretrained(_tiny(0), "no-such-tag", "ViT-B-16")
-    with pytest.raises(RuntimeError, match="model.pretrained='openai' for 'ViT-B-16'.*pass its path"):
+    with pytest.raises(RuntimeError, match="model.backbone.pretrained='openai' for 'ViT-B-16'.*pass its path"):
         load_pretrained(_tiny(0), "openai", "ViT-B-16")
-    with pytest.raises(RuntimeError, match="model.pretrained='openai'"):  # before building ViT-B-16
+    with pytest.raises(RuntimeError, match="model.backbone.pretrained='openai'"):  # before building ViT-B-16
         build_clip(model_name="ViT-B-16", pretrained="openai")
 
 
 def test_build_clip(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="exactly one of model.model_name .* and model.model_config"):
+    with pytest.raises(ValueError, match="exactly one of model.backbone.model_name .* and model.backbone.model_config"):
         build_clip()
-    with pytest.raises(ValueError, match="model.model_name='ViT-Tiny-0' is not an open_clip model"):
+    with pytest.raises(ValueError, match="model.backbone.model_name='ViT-Tiny-0' is not an open_clip model"):
         build_clip(model_name="ViT-Tiny-0")
     source = _tiny(0)
     torch.save(source.state_dict(), tmp_path / "w.pt")

@@ -15,38 +15,39 @@ from helpers import CONFIGS, TOK, run_lm
 from lightning.pytorch import Trainer
 
 from moram.atoms import AtomConfig
+from moram.backbones.lm import LMBackbone
+from moram.backbones.lm.batch import IGNORE, encode_causal, encode_seq2seq
+from moram.backbones.lm.metrics import normalize_answer
 from moram.callbacks.continual_metrics import ContinualMetricsCallback
 from moram.callbacks.task_boundary import TaskBoundaryCallback
 from moram.data.stream import TaskStreamDataModule
 from moram.data.text import TextDataset, TextTask
-from moram.lm_batch import IGNORE, encode_causal, encode_seq2seq
-from moram.lm_module import LMContinualModule
-from moram.text_metrics import normalize_answer
+from moram.module import ContinualModule
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["rotate: 1234 =", "decrement: 45 =", "sort: 9 ="]
 ANSWERS = ["2341", "34", "9"]
 
 
-def lm_module(kind: str, **kwargs) -> LMContinualModule:
+def lm_module(kind: str, **kwargs) -> ContinualModule:
     torch.manual_seed(0)
-    module = LMContinualModule(model=None, config=CONFIGS[kind], tokenizer="char",
-                               atoms=kwargs.pop("atoms", AtomConfig.llm(max_tasks=2, dropout=0.0)), **kwargs)
+    atoms = kwargs.pop("atoms", AtomConfig.llm(max_tasks=2, dropout=0.0))
+    module = ContinualModule(LMBackbone(model=None, config=CONFIGS[kind], tokenizer="char", **kwargs), atoms=atoms)
     module.configure_model()
     return module
 
 
-def _hand_answer_nll(module: LMContinualModule, prompt: str, answer: str) -> float:
+def _hand_answer_nll(module: ContinualModule, prompt: str, answer: str) -> float:
     """-sum log p(answer tokens + eos | prompt), one example, no padding, written from the definition."""
     prompt_ids = TOK(prompt)["input_ids"]  # [bos] + characters
     answer_ids = [*TOK(answer, add_special_tokens=False)["input_ids"], TOK.eos_token_id]
-    if module.is_seq2seq:
+    if module.backbone.is_seq2seq:
         decoder = [TOK.pad_token_id, *answer_ids[:-1]]  # the decoder start token, then the answer shifted
-        logits = module.lm(input_ids=torch.tensor([prompt_ids]), decoder_input_ids=torch.tensor([decoder])).logits[0]
+        logits = module.model(input_ids=torch.tensor([prompt_ids]), decoder_input_ids=torch.tensor([decoder])).logits[0]
         logp = logits.log_softmax(-1)
         return -sum(float(logp[i, t]) for i, t in enumerate(answer_ids))
     ids = prompt_ids + answer_ids
-    logp = module.lm(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+    logp = module.model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
     start = len(prompt_ids)  # the token at position j is predicted from position j - 1
     return -sum(float(logp[j - 1, ids[j]]) for j in range(start, len(ids)))
 
@@ -54,7 +55,7 @@ def _hand_answer_nll(module: LMContinualModule, prompt: str, answer: str) -> flo
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "t5"])
 def test_loss_counts_answer_tokens_only(kind):
     module = lm_module(kind).eval()
-    total, tokens = module.answer_loss(PROMPTS, ANSWERS)
+    total, tokens = module.backbone.answer_loss(module, PROMPTS, ANSWERS)
     expected = sum(_hand_answer_nll(module, p, a) for p, a in zip(PROMPTS, ANSWERS, strict=True))
     assert int(tokens) == sum(len(a) + 1 for a in ANSWERS)  # answer characters + eos, nothing of the prompt
     assert float(total) == pytest.approx(expected, rel=1e-5)
@@ -66,12 +67,12 @@ def test_loss_counts_answer_tokens_only(kind):
 @pytest.mark.parametrize("kind", ["llama", "t5"])
 def test_only_current_atoms_receive_gradients(kind):
     module = lm_module(kind).train()
-    total, _ = module.answer_loss(PROMPTS, ANSWERS)
+    total, _ = module.backbone.answer_loss(module, PROMPTS, ANSWERS)
     total.backward()
-    with_grad = {n for n, p in module.lm.named_parameters() if p.grad is not None}
+    with_grad = {n for n, p in module.model.named_parameters() if p.grad is not None}
     assert with_grad
     assert all(n.endswith(("current_keys", "current_values")) for n in with_grad)
-    assert not any(p.requires_grad for n, p in module.lm.named_parameters() if n not in with_grad)
+    assert not any(p.requires_grad for n, p in module.model.named_parameters() if n not in with_grad)
 
 
 class _FixedSource:
@@ -88,13 +89,13 @@ class _FixedSource:
         return self._tasks
 
 
-def _reference_generation(module: LMContinualModule, prompt: str, n: int) -> str:
+def _reference_generation(module: ContinualModule, prompt: str, n: int) -> str:
     """Greedy answer of one unpadded prompt, token by token, from the model's logits."""
     ids = TOK(prompt)["input_ids"]
     out: list[int] = []
     with torch.no_grad():
         for _ in range(n):
-            nxt = int(module.lm(input_ids=torch.tensor([ids + out])).logits[0, -1].argmax())
+            nxt = int(module.model(input_ids=torch.tensor([ids + out])).logits[0, -1].argmax())
             if nxt == TOK.eos_token_id:
                 break
             out.append(nxt)
@@ -118,7 +119,7 @@ def test_generation_scoring_matches_reference_greedy_answers(tmp_path):
     # batches of 4 left-padded prompts of different lengths give the unpadded greedy answers
     assert results["eval/score/half"] == pytest.approx(50.0)
     assert results["eval/score/none"] == pytest.approx(0.0)
-    assert module.generate(prompts, 4) == greedy
+    assert module.backbone.generate(module, prompts, 4) == greedy
 
 
 def test_two_task_run_writes_the_matrix_with_trace_metrics(tmp_path):
@@ -159,25 +160,27 @@ def test_loads_a_saved_pretrained_folder(tmp_path):
     reference = AutoModelForCausalLM.from_config(LlamaConfig(**values)).eval()
     reference.save_pretrained(tmp_path / "lm")  # the on-disk format of a hub checkpoint
     TOK.save_pretrained(tmp_path / "lm")
-    module = LMContinualModule(model=str(tmp_path / "lm"), atoms=AtomConfig.llm(max_tasks=2))
+    module = ContinualModule(LMBackbone(model=str(tmp_path / "lm")), atoms=AtomConfig.llm(max_tasks=2))
     module.configure_model()
     ids = torch.tensor([TOK("rotate: 12 =")["input_ids"]])
     with torch.no_grad():  # fresh atoms change nothing: the loaded model equals the saved one
-        assert torch.allclose(module.lm.eval()(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-6)
-    assert len(module.tokenizer) == len(TOK)
+        assert torch.allclose(module.model.eval()(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-6)
+    assert len(module.backbone.tokenizer) == len(TOK)
 
 
 def test_bad_inputs_name_the_option(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model.model"):
-        LMContinualModule(model=str(tmp_path / "missing"), atoms=AtomConfig.llm(max_tasks=1)).configure_model()
+    with pytest.raises(FileNotFoundError, match="model.backbone.model"):
+        ContinualModule(LMBackbone(model=str(tmp_path / "missing")), atoms=AtomConfig.llm(max_tasks=1)
+                        ).configure_model()
     bad = dict(CONFIGS["llama"], vocab_size=10)
-    with pytest.raises(ValueError, match="model.tokenizer"):
-        LMContinualModule(model=None, config=bad, tokenizer="char", atoms=AtomConfig.llm(max_tasks=1)).configure_model()
+    with pytest.raises(ValueError, match="model.backbone.tokenizer"):
+        ContinualModule(LMBackbone(model=None, config=bad, tokenizer="char"), atoms=AtomConfig.llm(max_tasks=1)
+                        ).configure_model()
     with pytest.raises(ValueError, match="model_type"):
-        LMContinualModule(model=None, config={"hidden_size": 8}, tokenizer="char",
-                          atoms=AtomConfig.llm(max_tasks=1)).configure_model()
+        ContinualModule(LMBackbone(model=None, config={"hidden_size": 8}, tokenizer="char"),
+                        atoms=AtomConfig.llm(max_tasks=1)).configure_model()
     with pytest.raises(ValueError, match="exactly one"):
-        LMContinualModule(model=None, config=None)
+        LMBackbone(model=None, config=None)
     data = TextDataset([{"prompt": "a", "answer": "b"}])
     stream = TaskStreamDataModule(_FixedSource([TextTask("t", data, data)]), shots=2)
     with pytest.raises(ValueError, match="data.shots"):

@@ -14,7 +14,7 @@ from torch import nn
 from moram import AtomConfig, consolidate_atoms, routed_layers
 from moram.atoms.bank import AtomBank
 from moram.atoms.routing import reference_delta
-from moram.backbones.lm import default_lm_targets, prepare_lm
+from moram.backbones.lm.build import default_lm_targets, prepare_lm
 
 transformers = pytest.importorskip("transformers")
 
@@ -332,7 +332,7 @@ DECODERS = [
 
 @pytest.mark.parametrize("model_type", DECODERS)
 def test_table_entry_matches_its_architecture(model_type):
-    from moram.backbones.lm import SUPPORTED_MODEL_TYPES
+    from moram.backbones.lm.build import SUPPORTED_MODEL_TYPES
 
     assert model_type in SUPPORTED_MODEL_TYPES
     tiny = {

@@ -11,7 +11,7 @@ from torch import nn
 
 from moram.baselines import OLoRA
 from moram.baselines.olora import OLoRALinear
-from moram.module_base import adapter_penalty
+from moram.module import adapter_penalty
 from moram.protocols import continual_layers
 
 

@@ -21,7 +21,7 @@ def tiny_args(tmp_path: Path, root: Path, *extra: str) -> list[str]:
     tiny.write_text(json.dumps(TINY))
     return [
         "fit", "--config", str(CONFIGS / "own_images.yaml"),
-        "--model.model_config", str(tiny), "--model.pretrained", "null",
+        "--model.backbone.model_config", str(tiny), "--model.backbone.pretrained", "null",
         "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
         "--data.source.root", str(root), "--data.source.domains", "[pets, food]",
         "--data.steps_per_task", "2", "--data.batch_size", "4",
@@ -70,7 +70,7 @@ def test_text_template_reads_jsonl_task_folders(tmp_path):
         for split in ("train", "test"):
             lines = [json.dumps({"prompt": f"{task} {i} =", "answer": str(i)}) for i in range(4)]
             (root / task / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-    cli = main(["--config", str(CONFIGS / "own_text.yaml"), "--model.model", "packaged",
+    cli = main(["--config", str(CONFIGS / "own_text.yaml"), "--model.backbone.model", "packaged",
                 "--data.source.root", str(root), "--trainer.default_root_dir", str(tmp_path)], run=False)
     source = cli.datamodule.source
     assert [t.name for t in source.build()] == ["add", "echo"]

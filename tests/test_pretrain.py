@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from moram.backbones.tiny_clip import TINY_CLIP_CARD, TINY_CLIP_WEIGHTS, card_sha256, load_tiny_clip
+from moram.backbones.clip.loss import clip_class_loss
+from moram.backbones.clip.tiny import TINY_CLIP_CARD, TINY_CLIP_WEIGHTS, card_sha256, load_tiny_clip
 from moram.data.transforms import CLIP_MEAN as OPENAI_MEAN
 from moram.data.transforms import CLIP_STD as OPENAI_STD
 from moram.data.transforms import to_clip_images
-from moram.losses import clip_class_loss
 from moram.pretrain import FashionMNISTDataModule
 
 REPO = Path(__file__).resolve().parent.parent

@@ -110,7 +110,7 @@ def test_fit_over_a_fake_xtail_stream_scores_agnostic_at_most_aware(tmp_path):
     config.write_text(json.dumps(TINY))
     cli = main([
         "fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"),
-        "--model.model_config", str(config), "--model.pretrained", "null",
+        "--model.backbone.model_config", str(config), "--model.backbone.pretrained", "null",
         "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
         "--data.source", "moram.data.benchmarks.XTailTasks", "--data.source.root", root,
         "--data.source.datasets", "[eurosat, mnist]", "--data.source.image_size", "16",

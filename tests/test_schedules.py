@@ -9,7 +9,7 @@ from helpers import fit_args
 from lightning.pytorch import Callback
 
 from moram.cli import main
-from moram.module_base import lr_factor
+from moram.module import lr_factor
 
 
 class LRTrace(Callback):
@@ -48,7 +48,8 @@ def test_the_lr_over_each_task_follows_the_schedule_and_restarts(tmp_path, tiny_
 
 
 def test_an_unknown_schedule_names_the_option():
-    from moram.lm_module import LMContinualModule
+    from moram.backbones.lm import LMBackbone
+    from moram.module import ContinualModule
 
     with pytest.raises(ValueError, match="model.lr_schedule"):
-        LMContinualModule(lr_schedule="linear")  # type: ignore[arg-type]
+        ContinualModule(LMBackbone(), lr_schedule="linear")  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from torchmetrics.functional.text import edit_distance, rouge_score, sacre_bleu_score, squad
 
-from moram import text_metrics as tm
+from moram.backbones.lm import metrics as tm
 from moram.data.text import TEXT_METRICS
 
 

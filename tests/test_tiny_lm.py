@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moram.backbones.tiny_lm import (
+from moram.backbones.lm.batch import IGNORE, encode_causal
+from moram.backbones.lm.tiny import (
     DEFAULT_ALPHABET,
     card_sha256,
     char_tokenizer,
@@ -27,7 +28,6 @@ from moram.data.generated_text import (
     split_name,
 )
 from moram.data.tasks import TaskSource
-from moram.lm_batch import IGNORE, encode_causal
 from moram.lm_pretrain import PRETRAINING_MIXTURE, causal_loss, exact_match, save_tiny_lm, train_steps
 
 # ---------------------------------------------------------------------------------------- tokenizer

@@ -8,7 +8,7 @@ LoRA ``A_t`` (r, d_in), ``B_t`` (d_out, r); the earlier ones are frozen and keep
     penalty = λ₁ · Σ_{s < t} Σ_ij |(A_t A_sᵀ)_ij|  +  λ₂ · (‖A_t‖_F + ‖B_t‖_F)
 
 The penalty is added to the training loss (:meth:`OLoRALinear.penalty`, summed over layers by
-:func:`moram.module_base.adapter_penalty`). Both terms are those of the official trainer
+:func:`moram.module.adapter_penalty`). Both terms are those of the official trainer
 (``cmnfriend/O-LoRA``, ``src/uie_trainer_lora.py``): the L1 norm of the overlap matrix, and the
 *unsquared* Frobenius norm of each new matrix (``torch.norm(param, p=2)`` summed over ``loranew_A``
 and ``loranew_B``). Defaults are that code's settings: r 8, ``lora_alpha`` 32 (scale 32 / 8 = 4),

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-#: Per-task scores a text task may name (see :mod:`moram.text_metrics`).
+#: Per-task scores a text task may name (see :mod:`moram.backbones.lm.metrics`).
 TEXT_METRICS = ("accuracy", "exact_match", "rouge_l", "edit_similarity", "sari")
 
 

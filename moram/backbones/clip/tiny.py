@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-TINY_CLIP_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_clip"
+TINY_CLIP_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny_clip"
 TINY_CLIP_WEIGHTS = TINY_CLIP_DIR / "tiny_clip.safetensors"
 TINY_CLIP_CARD = TINY_CLIP_DIR / "MODEL_CARD.md"
 TINY_CLIP_CONFIG = "moram-tiny-minilm"
@@ -52,7 +52,7 @@ def load_tiny_clip(load_text_weights: bool = True, weights: str | Path = TINY_CL
     """
     from safetensors.torch import load_file
 
-    from moram.backbones.clip import build_clip_from_config, load_model_config
+    from moram.backbones.clip.build import build_clip_from_config, load_model_config
 
     weights = Path(weights)
     if not weights.is_file():
@@ -148,7 +148,7 @@ Zero-shot accuracy on the Fashion-MNIST test split ({f["n_test"]} images, prompt
 ## Use
 
 ```python
-from moram.backbones.tiny_clip import load_tiny_clip
+from moram.backbones.clip.tiny import load_tiny_clip
 
 model, tokenizer = load_tiny_clip()  # verifies the SHA-256 above
 ```

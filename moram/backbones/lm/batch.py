@@ -11,7 +11,7 @@ tokens the model is trained to produce after a prompt are the ones it must gener
   ``answer eos``; the model builds its decoder inputs from the labels.
 
 Example:
-    >>> from moram.backbones.tiny_lm import char_tokenizer
+    >>> from moram.backbones.lm.tiny import char_tokenizer
     >>> tok = char_tokenizer()
     >>> batch = encode_causal(tok, ["ab="], ["ba"], max_length=16)
     >>> [tok.convert_ids_to_tokens(i) for i in batch["input_ids"][0].tolist()]

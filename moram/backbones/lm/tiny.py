@@ -26,7 +26,7 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 #: Default alphabet: digits, lower-case letters, space and a little punctuation (ids follow this order).
 DEFAULT_ALPHABET = string.digits + string.ascii_lowercase + " :=,.-+>?"
 
-TINY_LM_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_llama"
+TINY_LM_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny_llama"
 _REBUILD = "rebuild it with `python -m moram.lm_pretrain` (see its README.md) or reinstall moram"
 
 
@@ -120,7 +120,7 @@ def tiny_lm_path() -> Path:
 
 def card_sha256(card: str | Path) -> str:
     """The SHA-256 recorded in the tiny LLaMA's model card (the ``| SHA-256 | `<hex>` |`` row)."""
-    from moram.backbones.tiny_clip import card_sha256 as read_card
+    from moram.backbones.clip.tiny import card_sha256 as read_card
 
     return read_card(card, rebuild=_REBUILD)
 

@@ -1,0 +1,99 @@
+"""The backbone plugin contract: what a kind of model adds to :class:`moram.module.ContinualModule`.
+
+:class:`~moram.module.ContinualModule` owns everything a continual run shares (bank capacity from
+the stream, the optimiser and its per-task schedule, evaluation of every task after every task with
+per-task scores accumulated in torchmetrics and synced across ranks, checkpoints, RNG state, cost
+file, FSDP2 sharding). A :class:`Backbone` provides only what differs between kinds of models:
+
+* :meth:`Backbone.build` — the frozen pre-trained model (an ``nn.Module``), built offline or loaded;
+* :meth:`Backbone.adapt` — inject the method's continual layers into its default targets;
+* :meth:`Backbone.training_loss` — the loss of a batch of the task being trained;
+* :meth:`Backbone.eval_scores` — per-example scores (0–100) of a batch of an evaluated task, per view;
+* :meth:`Backbone.predict` — what ``moram predict`` returns for a batch.
+
+Shipped backbones: :class:`moram.backbones.clip.CLIPBackbone` (open_clip) and
+:class:`moram.backbones.lm.LMBackbone` (transformers causal and seq2seq LMs). A third kind of model is
+a subclass chosen by ``model.backbone.class_path`` in a config (``tests/backbone_plugin.py`` shows one in
+about 30 lines). A backbone is plain Python: it holds options and helpers (tokenizer, prompt cache),
+never the ``nn.Module`` itself, which the module owns as ``module.model``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from moram.adapters.method import AdapterMethod
+    from moram.atoms.config import AtomConfig
+    from moram.module import ContinualModule
+
+
+class StepLoss(NamedTuple):
+    """A training batch's loss: what to optimise, what to log as ``train/loss``, and the batch size."""
+
+    loss: Tensor
+    logged: Tensor
+    batch_size: int
+
+
+class EvalScores(NamedTuple):
+    """A batch's per-example scores (0–100) under each view (``""`` is the primary score).
+
+    ``records``: one JSON-ready dict per example (prompt, answer, prediction, ...), written to
+    ``<log_dir>/predictions/<task>.jsonl`` by ``moram test``; None when the backbone keeps none.
+    """
+
+    scores: dict[str, Tensor]
+    records: list[dict[str, Any]] | None = None
+
+
+class Backbone:
+    """Base of backbone plugins (see the module docstring). Subclasses implement the five methods.
+
+    Class attributes a subclass may set:
+
+    * ``views``: views of the score logged beside the primary one (under the score key), as view name ->
+      metric prefix (CLIP logs its task-aware and task-agnostic views); each view but the primary gets
+      its own metrics file;
+    * ``primary_view``: the name of the view the primary score is (written into the metrics file), or ``""``.
+    """
+
+    views: dict[str, str] = {}
+    primary_view: str = ""
+
+    # ------------------------------------------------------------------ construction
+    def default_atoms(self) -> AtomConfig:
+        """Atom settings when ``model.atoms`` is null (the paper's settings for this kind of model)."""
+        from moram.atoms.config import AtomConfig
+
+        return AtomConfig()
+
+    def build_options(self) -> dict[str, Any]:
+        """The options that decide the frozen weights (recorded in checkpoints to refuse another backbone)."""
+        return {}
+
+    def build(self) -> nn.Module:
+        """The frozen pre-trained model, unadapted."""
+        raise NotImplementedError
+
+    def adapt(self, model: nn.Module, atoms: AtomConfig, method: AdapterMethod | None) -> list[str]:
+        """Inject ``method`` (MoRAM with ``atoms`` when None) into ``model``'s targets; the adapted names."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ steps
+    def training_loss(self, host: ContinualModule, batch: Any, task: int) -> StepLoss:
+        """The loss of a training ``batch`` of task ``task`` (``host.model`` is the adapted model)."""
+        raise NotImplementedError
+
+    def start_eval(self, host: ContinualModule) -> None:
+        """Called once before an evaluation pass over every task (e.g. to encode class prompts)."""
+
+    def eval_scores(self, host: ContinualModule, batch: Any, task: int, keep_records: bool) -> EvalScores:
+        """Per-example scores of an evaluation ``batch`` of task ``task`` (see :class:`EvalScores`)."""
+        raise NotImplementedError
+
+    def predict(self, host: ContinualModule, batch: Any, task: int) -> Any:
+        """What ``moram predict`` returns for ``batch`` (of the stream's task ``task``)."""
+        raise NotImplementedError

@@ -1,0 +1,155 @@
+"""The CLIP backbone plugin: a frozen open_clip model, trained on the current task's class prompts.
+
+Training uses the DESIGN.md §1 loss over the current task's classes, computed on the global batch
+(so N processes train like one). Evaluation scores every image two ways — among its own task's
+classes (task-aware, MTIL) and among the union of all tasks' class names (task-agnostic, X-TAIL) —
+and reports ``protocol``'s view as the primary score, the other beside it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moram.backbones.base import Backbone, EvalScores, StepLoss
+
+if TYPE_CHECKING:
+    from moram.adapters.method import AdapterMethod
+    from moram.atoms.config import AtomConfig
+    from moram.module import ContinualModule
+
+EvalProtocol = Literal["task_aware", "task_agnostic"]
+AGNOSTIC_PREFIX = "eval/agnostic/"
+AWARE_PREFIX = "eval/aware/"
+_VIEW_PREFIX = {"task_aware": AWARE_PREFIX, "task_agnostic": AGNOSTIC_PREFIX}
+
+
+class CLIPBackbone(Backbone):
+    """Continual CLIP (open_clip) with continual layers in the image tower, the text tower or both.
+
+    Args:
+        model_config: a moram-shipped model config name (``moram/assets/models``) or a JSON file;
+            exclusive with ``model_name``.
+        model_name: an open_clip model name (e.g. ``ViT-B-16``).
+        pretrained: weights: an open_clip tag (``openai``), a local file (safetensors / torch), or
+            ``packaged`` for the weights moram ships for ``model_config``; None keeps random weights.
+        towers: towers that carry atoms: ``image``, ``text`` or both.
+        layers: layer groups that carry atoms: ``attn`` (q, k, v, out) and/or ``mlp`` (c_fc, c_proj).
+        protocol: how the reported score classifies a test image: ``task_aware`` (among its own
+            task's classes, MTIL) or ``task_agnostic`` (among the union of all tasks' classes, X-TAIL).
+            Both views are always logged (``eval/aware/*``, ``eval/agnostic/*``).
+    """
+
+    views = _VIEW_PREFIX
+
+    def __init__(
+        self,
+        model_config: str | None = None,
+        model_name: str | None = None,
+        pretrained: str | None = None,
+        towers: list[str] | None = None,
+        layers: list[str] | None = None,
+        protocol: EvalProtocol = "task_aware",
+    ) -> None:
+        if (model_config is None) == (model_name is None):
+            raise ValueError("set exactly one of model.backbone.model_config (a moram/JSON config) and "
+                             "model.backbone.model_name (an open_clip name)")
+        if protocol not in _VIEW_PREFIX:
+            raise ValueError(f"model.backbone.protocol must be 'task_aware' or 'task_agnostic', got {protocol!r}")
+        self.model_config, self.model_name, self.pretrained = model_config, model_name, pretrained
+        self.towers = list(towers or ["image", "text"])
+        self.layers = list(layers or ["attn", "mlp"])
+        self.protocol = protocol
+        self.primary_view = protocol
+        self.tokenizer: Any = None
+        self._prompts: dict[int, Tensor] = {}
+        self._eval: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ construction
+    def build_options(self) -> dict[str, Any]:
+        return {"model_config": self.model_config, "model_name": self.model_name, "pretrained": self.pretrained}
+
+    def build(self) -> nn.Module:
+        from moram.backbones.clip.build import build_clip
+
+        if self.pretrained == "packaged":
+            from moram.backbones.clip.tiny import load_tiny_clip
+
+            if self.model_config != "moram-tiny-minilm":
+                raise ValueError(
+                    "model.backbone.pretrained='packaged' means the weights moram ships for model_config "
+                    f"'moram-tiny-minilm', not {self.model_config!r}; give a tag or a file instead"
+                )
+            model, self.tokenizer = load_tiny_clip()
+        else:
+            model, self.tokenizer = build_clip(
+                model_name=self.model_name, model_config=self.model_config, pretrained=self.pretrained
+            )
+        return model
+
+    def adapt(self, model: nn.Module, atoms: AtomConfig, method: AdapterMethod | None) -> list[str]:
+        from moram.backbones.clip.build import prepare_clip
+
+        return prepare_clip(model, atoms, towers=self.towers, layers=self.layers, method=method)
+
+    # ------------------------------------------------------------------ helpers
+    def _task_prompts(self, host: ContinualModule, task: int) -> Tensor:
+        if task not in self._prompts:
+            t = host.stream.tasks[task]
+            self._prompts[task] = self.tokenizer([t.template.format(c) for c in t.classnames])
+        return self._prompts[task].to(host.device)
+
+    @staticmethod
+    def _encode_text(model: Any, tokens: Tensor) -> Tensor:
+        return F.normalize(model.encode_text(tokens), dim=-1)
+
+    @staticmethod
+    def _encode_image(model: Any, images: Tensor) -> Tensor:
+        return F.normalize(model.encode_image(images), dim=-1)
+
+    # ------------------------------------------------------------------ steps
+    def training_loss(self, host: ContinualModule, batch: tuple[Tensor, Tensor], task: int) -> StepLoss:
+        from moram.backbones.clip.loss import clip_class_loss
+        from moram.distributed import gather_batch
+
+        images, labels = batch
+        model = host.model
+        text = self._encode_text(model, self._task_prompts(host, task))  # (C, D), with grad: text atoms
+        image = self._encode_image(model, images)  # (b, D): this rank's share of the global batch
+        # the text->image term couples the images of a batch: compute it on the global batch, so that
+        # N processes train exactly like one (moram.distributed.gather_batch)
+        image, labels = gather_batch(image, labels)  # (B, D), (B,)
+        loss = clip_class_loss(image, text, labels, model.logit_scale.exp())
+        return StepLoss(loss, loss, len(labels))
+
+    def start_eval(self, host: ContinualModule) -> None:
+        tasks = host.stream.tasks
+        union: list[str] = []
+        prompts: list[str] = []
+        for t in tasks:
+            for c in t.classnames:
+                if c not in union:
+                    union.append(c)
+                    prompts.append(t.template.format(c))
+        text = self._encode_text(host.model, self.tokenizer(prompts).to(host.device))  # (U, D)
+        to_union = [torch.tensor([union.index(c) for c in t.classnames], device=host.device) for t in tasks]
+        self._eval = {"text": text, "to_union": to_union}
+
+    def eval_scores(self, host: ContinualModule, batch: Any, task: int, keep_records: bool) -> EvalScores:
+        images, labels = batch
+        image = self._encode_image(host.model, images)  # (B, D)
+        text, to_union = self._eval["text"], self._eval["to_union"][task]
+        aware = 100.0 * ((image @ text[to_union].T).argmax(dim=1) == labels).double()  # among the task's classes
+        agnostic = 100.0 * ((image @ text.T).argmax(dim=1) == to_union[labels]).double()  # among all class names
+        primary = aware if self.protocol == "task_aware" else agnostic
+        return EvalScores({"": primary, "task_aware": aware, "task_agnostic": agnostic})
+
+    def predict(self, host: ContinualModule, batch: Any, task: int) -> Tensor:
+        """Task-agnostic class index (into the union of all tasks' class names) of each image."""
+        if not self._eval:
+            self.start_eval(host)
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return (self._encode_image(host.model, images) @ self._eval["text"].T).argmax(dim=1)

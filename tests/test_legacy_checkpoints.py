@@ -1,0 +1,65 @@
+"""Checkpoints of moram 0.1 (CLIPContinualModule / LMContinualModule, before the composed module) resume.
+
+The fixture (tests/fixtures/pre_composed_module, written by its make.py with the code of commit
+2e6e633) holds each run's last checkpoint, its command-line options in the old form, and the final
+row of the accuracy matrix that run reported.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from moram.checkpoint import checkpoint_hparams
+from moram.cli import main
+from moram.protocols import continual_layers
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "pre_composed_module"
+MOVED = ("model_config", "pretrained", "model", "config", "tokenizer", "max_new_tokens")  # now backbone options
+OLD_TO_NEW = {f"--model.{option}": f"--model.backbone.{option}" for option in MOVED}
+
+
+def new_args(name: str) -> list[str]:
+    """The fixture run's options in today's form (the configs' own paths are unchanged)."""
+    old = json.loads((FIXTURE / f"{name}_args.json").read_text())
+    return [OLD_TO_NEW.get(arg, arg) for arg in old]
+
+
+@pytest.mark.parametrize("name", ["clip", "lm"])
+def test_an_old_checkpoint_resumes_with_its_atoms_and_scores(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(ROOT)  # the fixture's options name files relative to the repository
+    checkpoint = FIXTURE / f"{name}.ckpt"
+    stored = torch.load(checkpoint, weights_only=True)
+    assert stored["moram_checkpoint"]["version"] == "0.1.0"
+    cli = main(["validate", *new_args(name), "--ckpt_path", str(checkpoint),
+                "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+    module = cli.model
+    state = module.state_dict()
+    adapters = {k: v for k, v in stored["state_dict"].items() if k in state}
+    assert adapters.keys() == set(stored["state_dict"])  # every stored entry has its place in the new module
+    assert all(torch.equal(state[k], v) for k, v in adapters.items())
+    assert {layer.task_index for _, layer in continual_layers(module.model)} == {1}  # task 0 frozen, 1 current
+    expected = json.loads((FIXTURE / f"{name}_metrics.json").read_text())
+    scores = {k.removeprefix("eval/score/"): float(v) for k, v in cli.trainer.callback_metrics.items()
+              if k.startswith("eval/score/")}
+    assert [scores[t] for t in expected["task_names"]] == pytest.approx(expected["final_row"])
+
+
+def test_old_hyperparameters_are_read_in_the_composed_form():
+    hparams = checkpoint_hparams(FIXTURE / "clip.ckpt")
+    assert hparams["class_path"] == "moram.module.ContinualModule"
+    backbone = hparams["init_args"]["backbone"]
+    assert backbone["class_path"] == "moram.backbones.clip.CLIPBackbone"
+    assert backbone["init_args"]["model_config"] == "tests/fixtures/pre_composed_module/tiny_clip.json"
+    assert hparams["init_args"]["atoms"]["rank"] == 2
+
+
+def test_an_old_checkpoint_with_other_settings_is_refused_naming_the_option(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ValueError, match=r"model\.atoms\.rank: checkpoint 2, config 3"):
+        main(["validate", *new_args("clip"), "--model.atoms.rank", "3", "--ckpt_path", str(FIXTURE / "clip.ckpt"),
+              "--trainer.default_root_dir", str(tmp_path)])
