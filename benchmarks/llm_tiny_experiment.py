@@ -1,6 +1,6 @@
 """Can MoRAM atoms on the frozen tiny LLaMA learn a stream of new digit instructions, and what is forgotten?
 
-Loads the pretrained tiny LLaMA (``moram/assets/tiny_llama``, made by ``python -m moram.lm_pretrain``
+Loads the pretrained tiny LLaMA (``moram/assets/tiny_llama``, made by ``python -m recipes.pretrain_tiny_lm``
 on copy / reverse / sort / increment), injects atoms on q/k/v/o with ``prepare_lm``, then trains the
 current atoms on each task of a stream of *new* instructions in turn (consolidating between tasks),
 and fills the accuracy matrix ``R[i, j]`` = greedy exact match on task j after training task i (row
@@ -55,7 +55,7 @@ from moram.atoms import AtomConfig, current_atom_parameters, routed_layers  # no
 from moram.backbones.lm.build import prepare_lm  # noqa: E402
 from moram.backbones.lm.tiny import load_tiny_lm  # noqa: E402
 from moram.data.generated_text import CONTINUAL, PRIMITIVES, GeneratedTextTasks  # noqa: E402
-from moram.lm_pretrain import exact_match, train_steps  # noqa: E402
+from recipes.pretrain_tiny_lm import exact_match, train_steps  # noqa: E402
 
 
 def route_shares(model: torch.nn.Module, tokenizer, tasks, rank: int) -> list[list[float]]:

@@ -181,7 +181,7 @@ TASK_STREAM_TRAINER_DEFAULTS: dict[str, Any] = {
     "use_distributed_sampler": False,  # the task stream shards each task across ranks itself (exact resume)
 }
 """Trainer defaults of the ``moram`` command, for a task stream (``max_epochs`` null becomes the number of
-tasks). A config that trains on something else sets its own values (``configs/pretrain_tiny_clip.yaml``)."""
+tasks). A config that trains on something else sets its own values (``recipes/pretrain_tiny_clip.yaml``)."""
 
 
 class MoramCLI(LightningCLI):

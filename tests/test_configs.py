@@ -17,7 +17,7 @@ FRAGMENTS = sorted((CONFIG_DIR / "strategy").glob("*.yaml"))
 
 def test_configs_exist():
     names = {p.name for p in CONFIGS}
-    assert {"clip_cl.yaml", "clip_xtail.yaml", "pretrain_tiny_clip.yaml"} <= names
+    assert {"clip_cl.yaml", "clip_xtail.yaml", "llm_cl.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

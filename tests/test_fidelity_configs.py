@@ -13,7 +13,7 @@ from moram.data.benchmarks import CIFAR100CILTasks, MTILTasks, XTailTasks
 from moram.data.transforms import ClipImageTransform, ClipTrainTransform
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-CLIP_PAPER = ["clip_xtail.yaml", "clip_mtil.yaml", "clip_mtil_fewshot.yaml", "clip_cifar100_cil.yaml"]
+CLIP_PAPER = ["clip_xtail.yaml", "clip_mtil.yaml", "clip_cifar100_cil.yaml"]
 
 
 def parsed(name: str, tmp_path: Path):

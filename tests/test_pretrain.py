@@ -19,10 +19,10 @@ from moram.backbones.clip.tiny import TINY_CLIP_CARD, TINY_CLIP_WEIGHTS, card_sh
 from moram.data.transforms import CLIP_MEAN as OPENAI_MEAN
 from moram.data.transforms import CLIP_STD as OPENAI_STD
 from moram.data.transforms import to_clip_images
-from moram.pretrain import FashionMNISTDataModule
+from recipes.pretrain_tiny_clip import FashionMNISTDataModule
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "configs" / "pretrain_tiny_clip.yaml"
+CONFIG = REPO / "recipes" / "pretrain_tiny_clip.yaml"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 

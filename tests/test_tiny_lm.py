@@ -28,7 +28,7 @@ from moram.data.generated_text import (
     split_name,
 )
 from moram.data.tasks import TaskSource
-from moram.lm_pretrain import PRETRAINING_MIXTURE, causal_loss, exact_match, save_tiny_lm, train_steps
+from recipes.pretrain_tiny_lm import PRETRAINING_MIXTURE, causal_loss, exact_match, save_tiny_lm, train_steps
 
 # ---------------------------------------------------------------------------------------- tokenizer
 

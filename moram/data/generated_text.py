@@ -12,7 +12,7 @@ a ``random.Random`` seeded by ``(seed, task name)`` (never the global RNG): a ta
 depend on which other tasks are built, and test inputs never appear among the training inputs.
 
 :data:`PRIMITIVES`, on digits and on letters, is the mixture the shipped tiny LLaMA was pretrained on
-(``moram.lm_pretrain``); :data:`CONTINUAL` are related operations it has never seen. A task name
+(``recipes/pretrain_tiny_lm.py``); :data:`CONTINUAL` are related operations it has never seen. A task name
 ending in `` letters`` (``"sort descending letters"``) writes the same strings with the symbols a..j:
 same instruction, different input domain.
 """

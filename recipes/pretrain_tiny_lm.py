@@ -1,6 +1,7 @@
-"""Pretrain moram's offline default language model: a tiny LLaMA on a mixture of generated digit tasks.
+"""Recipe: pretrain moram's offline default language model, a tiny LLaMA, on a mixture of generated digit tasks.
 
-``python -m moram.lm_pretrain`` builds the character tokenizer (:func:`moram.backbones.lm.tiny.char_tokenizer`)
+``python -m recipes.pretrain_tiny_lm`` (from the repository root) builds the character tokenizer
+(:func:`moram.backbones.lm.tiny.char_tokenizer`)
 and a tiny LLaMA from config, trains *all* its weights with the answer-masked causal loss
 (:func:`moram.backbones.lm.batch.encode_causal`) on the mixture :data:`PRETRAINING_MIXTURE` (copy, reverse, sort,
 increment, each on digit strings and on letter strings a..j), measures greedy exact match per task, and
@@ -221,7 +222,7 @@ def save_tiny_lm(model: Any, tokenizer: Any, out_dir: str | Path, facts: dict[st
 def _card(f: dict[str, Any], sha: str, size: int) -> str:
     rows = "\n".join(f"| `{name}` | {100 * acc:.1f} % |" for name, acc in f["accuracy"].items())
     c = f["config"]
-    command = f["command"] or "python -m moram.lm_pretrain  (this export: run in-process)"
+    command = f["command"] or "python -m recipes.pretrain_tiny_lm  (this export: run in-process)"
     return f"""# moram tiny LLaMA (`moram/assets/tiny_llama`)
 
 A {f["params"]:,}-parameter LLaMA (`LlamaForCausalLM`: hidden {c["hidden_size"]}, {c["num_layers"]} layers,
@@ -296,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = shlex.join(["python", "-m", "moram.lm_pretrain", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "recipes.pretrain_tiny_lm", *(sys.argv[1:] if argv is None else argv)])
     _, _, facts = pretrain_tiny_lm(
         args.out, tasks=args.tasks, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         hidden_size=args.hidden_size, num_layers=args.num_layers, intermediate_size=args.intermediate_size,
