@@ -62,3 +62,18 @@ def test_print_config_shows_the_plugin_options(tmp_path, capsys):
     backbone = out["model"]["init_args"]["backbone"]
     assert backbone == {"class_path": "backbone_plugin.PrototypeClassifier",
                         "init_args": {"image_size": 8, "width": 32, "seed": 0}}
+
+
+def test_a_pickled_backbone_keeps_its_options_not_its_tokenizer_or_caches():
+    import pickle
+
+    from moram.backbones.clip import CLIPBackbone
+
+    backbone = CLIPBackbone(model_config="moram-tiny-minilm", pretrained="packaged", protocol="task_agnostic")
+    backbone.tokenizer, backbone._eval = object(), {"text": torch.ones(3)}
+    copy = pickle.loads(pickle.dumps(backbone))
+    assert (copy.model_config, copy.pretrained, copy.protocol, copy.views) == (
+        "moram-tiny-minilm", "packaged", "task_agnostic", backbone.views)
+    assert copy.tokenizer is None
+    assert copy._eval == {}
+    assert copy._prompts == {}

@@ -62,6 +62,23 @@ class Backbone:
 
     views: dict[str, str] = {}
     primary_view: str = ""
+    tokenizer: Any = None
+
+    # ------------------------------------------------------------------ pickling
+    def reset(self) -> None:
+        """Clear what the backbone caches between steps (called after unpickling; subclasses add theirs)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Options only: the tokenizer and runtime caches (names starting with ``_``) are rebuilt, not pickled.
+
+        A module built in Python keeps its backbone among its hyperparameters, which checkpoints pickle.
+        """
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_") and k != "tokenizer"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.tokenizer = None
+        self.reset()
 
     # ------------------------------------------------------------------ construction
     def default_atoms(self) -> AtomConfig:

@@ -65,8 +65,11 @@ class CLIPBackbone(Backbone):
         self.protocol = protocol
         self.primary_view = protocol
         self.tokenizer: Any = None
-        self._prompts: dict[int, Tensor] = {}
-        self._eval: dict[str, Any] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self._prompts: dict[int, Tensor] = {}  # tokenized class prompts per task
+        self._eval: dict[str, Any] = {}  # the class-name embeddings of the evaluation under way
 
     # ------------------------------------------------------------------ construction
     def build_options(self) -> dict[str, Any]:
