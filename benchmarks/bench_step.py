@@ -14,7 +14,7 @@ attention is converted to separate q/k/v/out linears, sharing its frozen weights
 * ``frozen fwd``: forward and loss only, under ``no_grad`` (training mode).
 
 A step is: text features of C class prompts (with grad), image features of a batch of B images,
-:func:`moram.backbones.clip.loss.clip_class_loss` (what ``moram.module.CLIPContinualModule.training_step`` does),
+:func:`moram.backbones.clip.loss.clip_class_loss` (what ``moram.backbones.clip.CLIPBackbone.training_loss`` does),
 backward, and an AdamW step over the trainable parameters. Variants are timed round-robin; the
 tables show medians, images/s (B / median step) and ratios of medians with the issue's targets:
 routed after the most tasks ≤ 1.0 × peft LoRA of equal total rank, and step(t_max)/step(t_min) ≤
