@@ -5,8 +5,10 @@ is recorded and the next step runs; the report is rewritten after every step):
 
   install        pip install the carried wheels (``--wheels``, default ``.whl``) with ``--no-index``,
                  then the project itself (``--no-deps --no-build-isolation -e .``)
-  gpu-tests      ``pytest -m gpu tests`` (exit 5, "no tests marked gpu", is recorded as such)
-  strategies     ``gpu_strategies.py --devices 1``: the reference run against DDP (NCCL), FSDP1, FSDP2
+  gpu-tests      ``pytest -m gpu tests`` but tests/test_distributed.py (exit 5, "no tests marked gpu", is
+                 recorded as such)
+  strategies     ``pytest -m gpu tests/test_distributed.py``: a one-GPU reference run against DDP (NCCL),
+                 FSDP1, FSDP2 on every GPU present (here one)
   resume-ddp     per strategy (``resume-fsdp``, ``resume-fsdp2`` too): two tasks x 3 steps with a
                  consolidation between, a checkpoint every step; the frozen atoms must stay
                  bit-identical through the second task, and a run resumed from the mid-task
@@ -50,6 +52,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
+TESTS = ROOT / "tests"
+DISTRIBUTED = "tests/test_distributed.py"  # its gpu cases: the strategies step
 DEFAULT_REPORT = BENCH / "results" / "gpu_check" / "report.md"
 DEFAULT_WHEELS = ROOT / ".whl"
 
@@ -114,10 +118,11 @@ def plan(args: argparse.Namespace, scratch: Path) -> list[Step]:
     steps = [
         Step("install", "carried wheels + the project (editable)", None, 180,
              "skipped: dry run (no install)" if dry else ("skipped: --no-install" if args.no_install else None)),
-        Step("gpu-tests", "tests marked gpu", [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                                               "tests"], 150, needs_cuda, {5: "ok: no tests marked gpu"}),
-        Step("strategies", "reference vs DDP (NCCL), FSDP1, FSDP2 on one GPU (gpu_strategies.py)",
-             [py, str(BENCH / "gpu_strategies.py"), "--devices", "1", "--strategies", "ddp", "fsdp", "fsdp2"], 180,
+        Step("gpu-tests", "tests marked gpu (but the strategies)",
+             [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests", f"--ignore={DISTRIBUTED}"],
+             150, needs_cuda, {5: "ok: no tests marked gpu"}),
+        Step("strategies", "reference vs DDP (NCCL), FSDP1, FSDP2 on the GPUs (tests/test_distributed.py, gpu)",
+             [py, "-m", "pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider", "--durations=0", DISTRIBUTED], 180,
              "skipped: needs CUDA (NCCL, FSDP1)" if dry else None),
     ]
     for strategy in ("ddp", "fsdp", "fsdp2"):
@@ -152,8 +157,8 @@ def plan(args: argparse.Namespace, scratch: Path) -> list[Step]:
 
 
 def tiny_config(scratch: Path) -> Path:
-    """The tiny random-weight CLIP of gpu_strategies.py, read from its source (importing it costs lightning)."""
-    tree = ast.parse((BENCH / "gpu_strategies.py").read_text())
+    """The tests' tiny random-weight CLIP (tests/helpers.py), read from its source (importing it costs lightning)."""
+    tree = ast.parse((TESTS / "helpers.py").read_text())
     node = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "TINY")
     path = scratch / "tiny_clip.json"
     path.write_text(json.dumps(ast.literal_eval(node.value)))
@@ -234,7 +239,7 @@ def install(args: argparse.Namespace, env: dict[str, str]) -> Result:
 def environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(BENCH), env.get("PYTHONPATH", "")] if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(BENCH), str(TESTS), env.get("PYTHONPATH", "")] if p)
     return env
 
 
@@ -329,53 +334,30 @@ def download_wheels(dest: Path) -> int:
 
 
 # ------------------------------------------------------------------------- one strategy's resume check
-def __getattr__(name: str):
-    """``gpu_check.BoundaryFrozen``, built on first use: the orchestrator itself never imports lightning."""
-    if name == "BoundaryFrozen":
-        globals()[name] = cls = _boundary_frozen()
-        return cls
-    raise AttributeError(name)
-
-
-def _boundary_frozen():
-    import torch
-    from lightning.pytorch import Callback
-
-    from moram import routed_layers
-
-    class BoundaryFrozen(Callback):
-        """Loaded into the fits (``PYTHONPATH=benchmarks``): the frozen atoms after the first step of each task."""
-
-        def __init__(self, out: str) -> None:
-            self.out = Path(out)
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if batch_idx:
-                return
-            model = pl_module.model
-            tensors = {}
-            for name, layer in routed_layers(model):
-                n = layer.bank.num_frozen_atoms
-                tensors[f"{name}.frozen_keys"] = layer.bank.frozen_keys[:n].detach().cpu().clone()
-                tensors[f"{name}.frozen_values"] = layer.bank.frozen_values[:n].detach().cpu().clone()
-            self.out.mkdir(parents=True, exist_ok=True)
-            torch.save(tensors, self.out / f"task{trainer.current_epoch}.rank{trainer.global_rank}.pt")
-
-    BoundaryFrozen.__module__ = __name__
-    return BoundaryFrozen
-
-
 def fit_command(root: Path, tiny: Path, strategy: str, accelerator: str, *extra: str) -> list[str]:
-    """``moram fit`` of the tiny CLIP as gpu_strategies.fit runs it, plus a checkpoint every step."""
-    from gpu_strategies import fit_command as tiny_fit_command
+    """``moram fit`` of the tests' tiny CLIP on one device, each rank's atoms written, a checkpoint every step.
+
+    :class:`helpers.RankAtoms` (tests/helpers.py, loaded with ``PYTHONPATH=tests``) writes the frozen
+    atoms after the first step of each task (``task<t>.rank<r>.pt``) and all atoms at the end (``end``).
+    """
+    from helpers import fit_args
 
     checks = [
-        "--trainer.callbacks+=gpu_check.BoundaryFrozen", "--trainer.callbacks.out", str(root / "atoms"),
+        "--trainer.accelerator", accelerator, "--trainer.devices", "1", "--trainer.precision", "32-true",
+        "--data.source.samples_per_class", "16",
+        "--trainer.callbacks+=helpers.RankAtoms", "--trainer.callbacks.out", str(root / "atoms"),
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
         "--trainer.callbacks.dirpath", str(root / "ckpt"), "--trainer.callbacks.every_n_train_steps", "1",
         "--trainer.callbacks.save_top_k", "-1",
     ]
-    return [*tiny_fit_command(root, tiny, 1, 4, strategy, accelerator, *checks), *extra]
+    strategy_config = ["--config", str(ROOT / "configs" / "strategy" / f"{strategy}.yaml")]
+    return [sys.executable, "-m", "moram.cli", *fit_args(root, tiny, *checks, *strategy_config), *extra]
+
+
+def max_diff(a: dict, b: dict) -> float:
+    if a.keys() != b.keys():
+        return float("inf")
+    return max(float((a[k] - b[k]).abs().max()) if a[k].numel() else 0.0 for k in a)
 
 
 def run_fit(root: Path, cmd: list[str]) -> float:
@@ -390,20 +372,21 @@ def run_fit(root: Path, cmd: list[str]) -> float:
 def strategy_check(strategy: str, accelerator: str, work: Path, tol: float) -> int:
     """Two tasks with a consolidation; frozen atoms fixed through task 2; resume from step 4 ends alike."""
     import torch
-    from gpu_strategies import TINY, max_diff
 
     work.mkdir(parents=True, exist_ok=True)
-    tiny = work / "tiny_clip.json"
-    tiny.write_text(json.dumps(TINY))
+    tiny = tiny_config(work)
     full, resumed = work / "full", work / "resumed"
     full_s = run_fit(full, fit_command(full, tiny, strategy, accelerator))
     ckpt = next(p for p in sorted((full / "ckpt").iterdir()) if p.name.endswith(f"step={MID_TASK_STEP}.ckpt"))
     resumed_s = run_fit(resumed, fit_command(resumed, tiny, strategy, accelerator, "--ckpt_path", str(ckpt)))
 
-    boundary, end = torch.load(full / "atoms" / "task1.rank0.pt"), torch.load(full / "atoms" / "rank0.pt")
+    def atoms(root: Path, tag: str) -> dict:
+        return torch.load(root / "atoms" / f"{tag}.rank0.pt", map_location="cpu")
+
+    boundary, end = atoms(full, "task1"), atoms(full, "end")
     frozen_fixed = bool(boundary) and all(torch.equal(v, end[k]) for k, v in boundary.items())
     frozen_per_layer = sorted({v.shape[0] for k, v in end.items() if k.endswith("frozen_values")})
-    after = torch.load(resumed / "atoms" / "rank0.pt")
+    after = atoms(resumed, "end")
     diff = max_diff(after, end)
     bitwise = diff == 0.0
     matrix = [json.loads(next(r.rglob("continual_metrics.json")).read_text()) for r in (full, resumed)]
@@ -444,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.download_wheels:
         return download_wheels(Path(args.download_wheels))
     if args.strategy_check:
-        sys.path.insert(0, str(BENCH))
+        sys.path.insert(0, str(TESTS))
         work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpu_check_resume_"))
         return strategy_check(args.strategy_check, args.accelerator, work, args.tol)
     return orchestrate(args)

@@ -24,7 +24,7 @@ from torch import nn
 from moram import AtomConfig, AtomLinear, routed_layers
 from moram.backbones.lm.tiny import char_tokenizer
 from moram.cli import main
-from moram.distributed import full_value
+from moram.distributed import full_parameters, full_value
 from moram.protocols import continual_layers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,8 +168,13 @@ class RankAtoms(Callback):
         if batch_idx == 0:  # after the boundary into this task (and its first step)
             self._dump(trainer, pl_module, f"task{trainer.current_epoch}", current=False)
 
+    def on_fit_start(self, trainer, pl_module):
+        torch.backends.cuda.matmul.allow_tf32 = False  # GPU runs: fp32 differences are rounding only
+        torch.backends.cudnn.allow_tf32 = False
+
     def on_fit_end(self, trainer, pl_module):
-        self._dump(trainer, pl_module, "end", current=True)
+        with full_parameters(pl_module):  # FSDP1: the flat parameters gathered; FSDP2: full_value below
+            self._dump(trainer, pl_module, "end", current=True)
 
     def _dump(self, trainer, pl_module, tag, current):
         tensors = {}

@@ -3,6 +3,10 @@
 Each run is a subprocess ``python -m moram.cli fit`` (Lightning launches the second process itself).
 :class:`helpers.RankAtoms` is loaded into those processes (``PYTHONPATH=tests``) and writes
 every rank's atoms: the frozen ones after each task boundary, and all of them at the end of fit.
+
+The ``gpu`` cases (skipped without CUDA) run DDP (NCCL), FSDP1 and FSDP2 on every GPU present (at
+most 8) against a one-GPU reference: fp32 with TF32 off, so differences are rounding only. The
+default run keeps one case of each kind (CPU DDP, CLIP); the rest are ``slow``.
 """
 
 from __future__ import annotations
@@ -25,9 +29,23 @@ from helpers import (
     subprocess_env,
 )
 
+GPUS = min(torch.cuda.device_count(), 8)
+
 
 def load_atoms(root: Path, tag: str, rank: int) -> dict[str, torch.Tensor]:
-    return torch.load(root / "atoms" / f"{tag}.rank{rank}.pt")
+    return torch.load(root / "atoms" / f"{tag}.rank{rank}.pt", map_location="cpu")
+
+
+def on_gpu(strategy: str):
+    """A ``gpu`` case: ``strategy`` on every GPU against one GPU (what benchmarks/gpu_strategies.py checked)."""
+    needs_cuda = pytest.mark.skipif(not GPUS, reason="needs CUDA")
+    return pytest.param("gpu", strategy, marks=[pytest.mark.gpu, needs_cuda], id=f"gpu-{strategy}")
+
+
+def gpu_args() -> list[str]:
+    """One or more GPUs, fp32 (no TF32: :class:`helpers.RankAtoms` turns it off), a global batch of 2 per GPU."""
+    return ["--trainer.accelerator", "gpu", "--trainer.precision", "32-true",
+            "--data.source.samples_per_class", "16", "--data.batch_size", str(2 * GPUS)]
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +57,31 @@ def single(tmp_path_factory):
     return root, tiny, fit_in_subprocess(root, tiny)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_two_processes_train_like_one(tmp_path, single, strategy):
-    ref_root, tiny, ref_matrix = single
-    matrix = fit_in_subprocess(tmp_path, tiny, "--config", str(STRATEGIES / f"{strategy}.yaml"),
-                               "--trainer.devices", "2")
+@pytest.fixture(scope="module")
+def gpu_single(tmp_path_factory):
+    """The GPU reference: one GPU, no strategy, the same global batch as the GPU cases."""
+    root = tmp_path_factory.mktemp("gpu_single")
+    tiny = root / "tiny_clip.json"
+    tiny.write_text(json.dumps(TINY))
+    return root, tiny, fit_in_subprocess(root, tiny, *gpu_args(), "--trainer.devices", "1")
+
+
+@pytest.mark.parametrize(("accelerator", "strategy"), [
+    pytest.param("cpu", "ddp", id="ddp"),
+    pytest.param("cpu", "fsdp2", id="fsdp2", marks=pytest.mark.slow),
+    on_gpu("ddp"), on_gpu("fsdp"), on_gpu("fsdp2"),
+])
+def test_two_processes_train_like_one(tmp_path, request, accelerator, strategy):
+    ref_root, tiny, ref_matrix = request.getfixturevalue("single" if accelerator == "cpu" else "gpu_single")
+    devices = 2 if accelerator == "cpu" else GPUS
+    on_device = gpu_args() if accelerator == "gpu" else []
+    matrix = fit_in_subprocess(tmp_path, tiny, *on_device, "--config", str(STRATEGIES / f"{strategy}.yaml"),
+                               "--trainer.devices", str(devices))
     # Evaluation counts are reduced once per sample: the same matrix as one process.
     assert matrix["zero_shot"] == ref_matrix["zero_shot"]
     assert matrix["matrix"] == ref_matrix["matrix"]
     ref = load_atoms(ref_root, "end", 0)
-    for rank in (0, 1):
+    for rank in range(devices):
         # Every rank holds bit-identical frozen atoms after each boundary (and identical current ones).
         for tag in ("task0", "task1", "end"):
             mine, rank0 = load_atoms(tmp_path, tag, rank), load_atoms(tmp_path, tag, 0)
@@ -70,6 +103,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 2 processes started by hand; the default run has Lightning's launch (test above)
 def test_externally_launched_ranks_all_exit_cleanly(tmp_path, single):
     # The torchrun / SLURM way: every rank is started from outside (Lightning sees LOCAL_RANK etc.).
     # Every rank must exit 0 after writing results: barrier, then the process group is destroyed.
@@ -107,6 +141,7 @@ def lm_single(tmp_path_factory):
     return root, lm_fit_in_subprocess(root)
 
 
+@pytest.mark.slow  # the CLIP case runs by default
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_language_model_trains_alike_in_one_and_two_processes(tmp_path, lm_single, strategy):
     # Answers differ in length, so each rank's share of a batch holds a different number of answer

@@ -66,6 +66,7 @@ def check_common(result: dict, text: str, names: list[str]) -> None:
     assert steps["step-compile"]["status"].startswith(("not covered", "ok"))
 
 
+@pytest.mark.slow  # a subset of test_full_dry_run
 def test_dry_run_orchestration_and_one_tiny_step(tmp_path):
     result, text = dry_run(tmp_path, "--steps", FAST, timeout=120)
     check_common(result, text, FAST.split(","))
@@ -103,7 +104,9 @@ def test_gpu_plan_uses_cuda_and_the_issue_sizes(tmp_path):
     assert "--tasks 1,5,10" in step
     assert "--device cuda" in schedule
     assert "--schedule" in schedule
-    assert steps["strategies"].cmd[-4:] == ["--strategies", "ddp", "fsdp", "fsdp2"]
+    assert steps["strategies"].cmd[-1] == "tests/test_distributed.py"  # its gpu cases: DDP, FSDP1, FSDP2
+    assert "gpu" in steps["strategies"].cmd
+    assert "--ignore=tests/test_distributed.py" in steps["gpu-tests"].cmd  # not run twice
     assert [steps[f"resume-{s}"].cmd[-3] for s in ("ddp", "fsdp", "fsdp2")] == ["gpu"] * 3
 
 
