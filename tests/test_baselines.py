@@ -11,7 +11,6 @@ from torch import nn
 
 from moram.adapters import load_adapters
 from moram.atoms.routing import normalized_topk_weights
-from moram.baselines import MoELoRA, RankRExperts, SequentialLoRA, ZeroShot
 from moram.baselines.experts import ExpertBankLinear
 from moram.baselines.moe_lora import MoELoRALinear
 from moram.protocols import continual_layers
@@ -88,11 +87,3 @@ def test_rank_r_expert_scores_follow_the_documented_formula():
     expected = layer.base(x) + torch.einsum("te,ter,eor->to", w, z, layer.frozen_B[:3])
     torch.testing.assert_close(layer(x), expected)
 
-
-def test_methods_build_from_their_typed_options():
-    assert SequentialLoRA(rank=4).rank == 4
-    assert MoELoRA().top_k == 2
-    assert RankRExperts(threshold=None).threshold is None
-    model = nn.Sequential(nn.Linear(3, 3))
-    assert ZeroShot().inject(model, ["0"], max_tasks=2) == []
-    assert not any(p.requires_grad for p in model.parameters())

@@ -66,6 +66,7 @@ def test_llama_checkpoint_grows_with_the_atoms_not_the_backbone():
     assert more_atoms > small * 1.3
 
 
+@pytest.mark.slow  # the same guarantee after a SIGKILL runs by default in test_kill_resume.py
 def test_resume_with_last_continues_the_same_run_and_ends_like_an_uninterrupted_one(tmp_path, tiny_config):
     full_cli, full, _ = run_fit(tmp_path / "full", tiny_config, *EVERY_STEP)
     root = tmp_path / "run"

@@ -41,6 +41,7 @@ def test_fit_writes_the_accuracy_matrix_and_grows_atoms(tmp_path, tiny_config):
     assert cli.trainer.max_epochs == 2  # taken from the task stream
 
 
+@pytest.mark.slow  # by default: test_atoms.py (AdamW, 3 tasks), other methods' fits in test_baselines.py
 def test_frozen_atoms_are_bit_identical_after_their_task(tmp_path, tiny_config):
     from lightning.pytorch import Callback
 
@@ -63,7 +64,8 @@ def test_frozen_atoms_are_bit_identical_after_their_task(tmp_path, tiny_config):
     assert any(v.abs().sum() > 0 for v in snap.ends[0])  # the atoms did train
 
 
-@pytest.mark.parametrize("stop", [4, 3], ids=["mid-task", "last-batch-of-task"])
+@pytest.mark.parametrize("stop", [pytest.param(4, marks=pytest.mark.slow), 3],  # mid-task: test_kill_resume.py
+                         ids=["mid-task", "last-batch-of-task"])
 def test_resume_gives_the_same_matrix_and_atoms(tmp_path, tiny_config, stop):
     # Step 4 is inside task 2 (3 steps per task). Step 3 is task 1's last batch: Lightning then skips
     # that task's validation on resume, and the metrics callback must evaluate to fill the row.
@@ -96,8 +98,9 @@ def test_pretrained_unavailable_offline_names_the_option(tmp_path):
 
 def test_checkpoint_from_other_atom_setting_is_refused(tmp_path, tiny_config):
     ckpt_dir = tmp_path / "ckpt"
-    main(fit_args(tmp_path / "a", tiny_config, "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-                  "--trainer.callbacks.dirpath", str(ckpt_dir)))
+    main(fit_args(tmp_path / "a", tiny_config, "--trainer.max_steps", "1",
+                  "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                  "--trainer.callbacks.dirpath", str(ckpt_dir), "--trainer.callbacks.every_n_train_steps", "1"))
     ckpt = next(ckpt_dir.glob("*.ckpt"))
     with pytest.raises(ValueError, match=r"model.init_args.atoms.rank: checkpoint 2, config 3"):
         main(fit_args(tmp_path / "b", tiny_config, "--model.atoms.rank", "3", "--ckpt_path", str(ckpt)))
@@ -114,6 +117,7 @@ def test_both_protocol_views_are_tracked(tmp_path, tiny_config):
         assert all(b <= a for a, b in zip(row_aware, row_agnostic, strict=True))
 
 
+@pytest.mark.slow  # `moram test` equals the last row by default in test_checkpoints.py (old checkpoint)
 def test_test_subcommand_scores_equal_the_last_row(tmp_path, tiny_config):
     ckpt_dir = tmp_path / "ckpt"
     _, fitted, _ = run_fit(tmp_path / "fit", tiny_config,

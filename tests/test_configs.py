@@ -51,6 +51,7 @@ def test_print_config_shows_every_option(capsys):
         assert option in out
 
 
+@pytest.mark.slow  # ViT-B/16-sized
 def test_xtail_config_builds_vit_b16_with_random_weights(tmp_path):
     cli = main(["--config", str(CONFIGS[0].parent / "clip_xtail.yaml"), "--model.backbone.pretrained", "null",
                 "--trainer.default_root_dir", str(tmp_path)], run=False)

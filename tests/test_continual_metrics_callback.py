@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from moram.callbacks import continual_metrics
 from moram.callbacks.continual_metrics import ContinualMetricsCallback
 from moram.metrics import CSV_NAME, HEATMAP_NAME, JSON_NAME
-from moram.protocols import TaskStream, score_key
+from moram.protocols import score_key
 
 DIM, CLASSES_PER_TASK, TASKS = 8, 2, ["alpha", "beta", "gamma"]
 NUM_TASKS = len(TASKS)
@@ -151,10 +151,6 @@ def finished_run(tmp_path_factory):
     trainer = make_trainer(tmp_path, callback)
     trainer.fit(module, datamodule=dm)
     return {"trainer": trainer, "callback": callback, "before": before, "after": accuracies(module, dm)}
-
-
-def test_stream_satisfies_the_protocol():
-    assert isinstance(Stream(), TaskStream)
 
 
 def test_json_has_zero_shot_and_one_row_per_task(finished_run):

@@ -70,6 +70,7 @@ def test_expert_methods_report_blocks_too(kind, tmp_path):
         assert report["gate_empty_fraction"] == [0.0, 0.0]
 
 
+@pytest.mark.slow  # the CLIP run below covers the callback in a fit by default
 def test_an_lm_run_writes_and_prints_the_leakage_table(tmp_path, capsys):
     cli, log_dir = run_lm(tmp_path, USAGE)
     summary = json.loads((log_dir / "atom_usage" / "summary.json").read_text())

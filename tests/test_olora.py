@@ -84,6 +84,7 @@ def test_olora_trains_on_clip_through_the_cli(tmp_path, tiny_config):  # noqa: F
     assert float(adapter_penalty(cli.model.model)) > 0  # task 2's A overlaps task 1's: the term is live
 
 
+@pytest.mark.slow  # by default: O-LoRA on CLIP (above), a baseline on a language model (test_llm_cl.py)
 def test_olora_trains_on_a_language_model(tmp_path):
     cli, log_dir = run_lm(tmp_path, "--model.method", "moram.baselines.OLoRA", "--model.method.rank", "2")
     layers = cli.model.continual_layers()

@@ -95,22 +95,14 @@ def test_cifar100_class_incremental_split(tmp_path):
     assert tasks[0].template == "a photo of a {}."
 
 
-TINY = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-def test_fit_over_a_fake_xtail_stream_scores_agnostic_at_most_aware(tmp_path):
+@pytest.mark.slow  # agnostic <= aware in a fit runs by default in test_clip_cl.py
+def test_fit_over_a_fake_xtail_stream_scores_agnostic_at_most_aware(tmp_path, tiny_config):
     from moram.cli import main
 
     root = two_task_root(tmp_path / "data", ["eurosat", "mnist"])
-    config = tmp_path / "tiny_clip.json"
-    config.write_text(json.dumps(TINY))
     cli = main([
         "fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"),
-        "--model.backbone.model_config", str(config), "--model.backbone.pretrained", "null",
+        "--model.backbone.model_config", str(tiny_config), "--model.backbone.pretrained", "null",
         "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
         "--data.source", "moram.data.benchmarks.XTailTasks", "--data.source.root", root,
         "--data.source.datasets", "[eurosat, mnist]", "--data.source.image_size", "16",

@@ -111,7 +111,7 @@ def check_against_reference(layer: AtomLinear, x: Tensor, *, training: bool, rto
     assert bank.frozen_values.grad is None
 
 
-@pytest.mark.parametrize("n_atoms", [16, 64, 160, 640])
+@pytest.mark.parametrize("n_atoms", [16, 64, *(pytest.param(n, marks=pytest.mark.slow) for n in (160, 640))])
 @pytest.mark.parametrize("top_k", [1, 2, 8, 10_000])  # 1: raised to 2; 10_000: k == N, every atom selected
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("training", [True, False])
@@ -295,7 +295,8 @@ def test_autocast_bf16_routes_in_float32(n_atoms, training, grad):
         assert torch.isfinite(layer.bank.current_keys.grad).all()
 
 
-@pytest.mark.parametrize("n_atoms", [16, 32, 160])  # current atoms only; dense and sparse value sums
+@pytest.mark.parametrize("n_atoms", [16, pytest.param(32, marks=pytest.mark.slow),  # dense and sparse value sums
+                                     pytest.param(160, marks=pytest.mark.slow)])  # current atoms only
 def test_compiles_without_graph_breaks(n_atoms):
     torch._dynamo.reset()
     layer = make_layer(n_atoms, 8, dtype=torch.float32)

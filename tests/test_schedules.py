@@ -33,7 +33,7 @@ def test_factors_follow_the_formulas():
         lr_factor("linear", 0, total, warmup)
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+@pytest.mark.parametrize("schedule", ["cosine", pytest.param("constant", marks=pytest.mark.slow)])
 def test_the_lr_over_each_task_follows_the_schedule_and_restarts(tmp_path, tiny_config, schedule):  # noqa: F811
     trace = LRTrace()
     steps, warmup, lr = 4, 2, 1e-3
