@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
 import sys
 import time
@@ -117,8 +118,8 @@ def timing(args: argparse.Namespace) -> None:  # noqa: C901 - one measurement, r
     for rep in range(args.repeats):
         for arm in ("baseline", "key_subspace"):
             cli = main(["--config", args.config, "--data.steps_per_task", str(args.steps),
-                        "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "1",
-                        "--trainer.enable_checkpointing", "false", "--trainer.logger", "false",
+                        "--trainer.max_steps", str(2 * args.steps), "--trainer.limit_val_batches", "1",
+                        "--trainer.callbacks.every_n_train_steps", "1000000", "--trainer.logger", "false",
                         "--trainer.enable_progress_bar", "false",
                         "--trainer.default_root_dir", str(Path(args.out) / "timing"), *args.overrides], run=False)
             timer = StepTimer()
@@ -148,8 +149,8 @@ def main() -> None:
     p.add_argument("--config", default="configs/clip_cl.yaml")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="runs/key_subspace")
-    p.add_argument("--remedy-args", nargs="*", default=[], help="extra overrides of the remedy arm only")
-    p.add_argument("--overrides", nargs="*", default=[], help="extra overrides of both arms")
+    p.add_argument("--remedy-args", type=shlex.split, default=[], help="overrides of the remedy arm only (one string)")
+    p.add_argument("--overrides", type=shlex.split, default=[], help="extra overrides of both arms (one string)")
     p.add_argument("--arms", nargs="*", default=[], help="fit only these arms (default both: baseline key_subspace)")
     p.add_argument("--timing", action="store_true", help="measure the step time ratio in-process instead")
     p.add_argument("--steps", type=int, default=20, help="--timing: steps per task")
