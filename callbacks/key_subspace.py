@@ -39,8 +39,8 @@ one ``(tokens_per_step × d_in)ᵀ`` product per layer.
 
 Measured (``benchmarks/key_subspace.py``, ``benchmarks/results/key_subspace/``): leakage falls from
 ~50 % to 0.5 % (``clip_cl``) and 3.5 % (``llm_cl``), but later tasks learn less, since their inputs
-share the earlier tasks' subspace: ``clip_cl`` Last 96.1 → 88.2 (3 seeds); ``llm_cl`` Last 26.6 →
-34.0 at 0.97 and 42.4 at threshold 0.8, with learning 96.5 → 42 / 79.5. Not a recommended default.
+share the earlier tasks' subspace: ``clip_cl`` Last 96.1 → 88.2 (91.5 at threshold 0.8; 3 seeds);
+``llm_cl`` Last 26.6 → 38.2 (42.4 at 0.8; 2 seeds), learning 96.5 → 44.9 (79.5). Not a recommended default.
 
 Example:
     >>> from lightning.pytorch import Trainer
