@@ -12,7 +12,6 @@ from moram.callbacks.adapter_export import AdapterExportCallback
 from moram.callbacks.atom_usage import AtomUsageCallback
 from moram.callbacks.continual_metrics import ContinualMetricsCallback
 from moram.callbacks.input_check import ImageSizeCheckCallback
-from moram.callbacks.key_subspace import KeySubspaceCallback
 from moram.callbacks.progress import ProgressLogCallback
 from moram.callbacks.task_boundary import TaskBoundaryCallback, reset_atom_optimizer_state, restart_lr_schedules
 
@@ -21,7 +20,6 @@ __all__ = [
     "AtomUsageCallback",
     "ContinualMetricsCallback",
     "ImageSizeCheckCallback",
-    "KeySubspaceCallback",
     "ProgressLogCallback",
     "TaskBoundaryCallback",
     "reset_atom_optimizer_state",
