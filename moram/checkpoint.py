@@ -39,7 +39,6 @@ FORMAT = 2  # 1 (implicit): the full state dict, backbone included
 KEY = "moram_checkpoint"
 SAMPLE_LIMIT = 1 << 22  # elements: tensors up to this size may be hashed in full
 SAMPLES = 4
-BACKBONE_OPTIONS = ("model_config", "model_name", "pretrained", "model", "config", "tokenizer", "dtype")
 
 
 class CheckpointError(ValueError):
@@ -96,15 +95,9 @@ def backbone_fingerprint(module: nn.Module, keep: set[str] | None = None) -> dic
 
     ``keep``: :func:`adapter_keys` of ``module`` when the caller has it already.
     """
-    own = getattr(module, "backbone_options", None)
-    if callable(own):  # moram.module.ContinualModule: its backbone plugin's build options
-        options = {k: _plain(v) for k, v in own().items()}
-        kind = type(module.backbone).__name__
-    else:  # another module: its hyperparameters of those names
-        hparams = dict(getattr(module, "hparams", {}) or {})
-        options = {k: _plain(hparams[k]) for k in BACKBONE_OPTIONS if k in hparams}
-        kind = type(module).__name__
-    record: dict[str, Any] = {"class": kind, "options": options}
+    host: Any = module  # a moram.module.ContinualModule: its backbone plugin's build options
+    options = {k: _plain(v) for k, v in host.backbone_options().items()}
+    record: dict[str, Any] = {"class": type(host.backbone).__name__, "options": options}
     if _is_fsdp1(module):
         record["weights"] = "not hashed under FSDP1"
         return record
@@ -224,14 +217,12 @@ def load_sharded_state(module: nn.Module, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------- hyperparameters
-CLIP_BACKBONE_OPTIONS = ("model_config", "model_name", "pretrained", "towers", "layers", "protocol")
-LM_BACKBONE_OPTIONS = ("model", "config", "tokenizer", "dtype", "include_mlp", "max_length", "max_new_tokens",
-                       "num_beams", "trust_remote_code")
 LEGACY_MODULES = {
-    "moram.module.CLIPContinualModule": ("moram.backbones.clip.CLIPBackbone", CLIP_BACKBONE_OPTIONS),
-    "moram.lm_module.LMContinualModule": ("moram.backbones.lm.LMBackbone", LM_BACKBONE_OPTIONS),
+    "moram.module.CLIPContinualModule": "moram.backbones.clip.CLIPBackbone",
+    "moram.lm_module.LMContinualModule": "moram.backbones.lm.LMBackbone",
 }
-"""The LightningModules of moram 0.1 (one per kind of model), and the backbone plugin each became."""
+"""The LightningModules of moram 0.1 (one per kind of model), and the backbone plugin each became: the
+plugin's constructor options were those modules' backbone options."""
 
 
 def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
@@ -247,10 +238,14 @@ def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
         >>> new["backbone"]
         {'class_path': 'moram.backbones.clip.CLIPBackbone', 'init_args': {'model_config': 'm'}}
     """
-    legacy = LEGACY_MODULES.get(str(hparams.get("_class_path")))
-    if legacy is None:
+    import importlib
+    import inspect
+
+    backbone = LEGACY_MODULES.get(str(hparams.get("_class_path")))
+    if backbone is None:
         return hparams
-    backbone, options = legacy
+    module, _, name = backbone.rpartition(".")
+    options = inspect.signature(getattr(importlib.import_module(module), name)).parameters
     shared = {k: v for k, v in hparams.items() if k not in options and k != "_class_path"}
     init_args = {k: hparams[k] for k in options if k in hparams}
     return {**shared, "backbone": {"class_path": backbone, "init_args": init_args},

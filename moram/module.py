@@ -327,7 +327,8 @@ class ContinualModule(LightningModule):
     # ------------------------------------------------------------------ evaluation
     def _start_eval(self, keep_records: bool = False) -> None:
         tasks = len(self.stream.tasks)
-        self._scores = TaskScores(tasks, ["", *self.backbone.views], self.device)
+        views = dict.fromkeys([self.backbone.primary_view, *self.backbone.views])  # the primary may be a view
+        self._scores = TaskScores(tasks, list(views), self.device)
         self._records = [[] for _ in range(tasks)] if keep_records else None
         self.backbone.start_eval(self)
 
@@ -355,7 +356,7 @@ class ContinualModule(LightningModule):
         assert self._scores is not None
         scores: dict[str, float] = {}
         for task, name in enumerate(self.stream.task_names):
-            scores[name] = self._scores.compute("", task)
+            scores[name] = self._scores.compute(self.backbone.primary_view, task)
             self.log(f"{prefix}{name}", scores[name], sync_dist=False)  # synced by torchmetrics already
             for view, view_prefix in self.backbone.views.items():
                 self.log(f"{view_prefix}{name}", self._scores.compute(view, task), sync_dist=False)

@@ -39,7 +39,7 @@ class StepLoss(NamedTuple):
 
 
 class EvalScores(NamedTuple):
-    """A batch's per-example scores (0–100) under each view (``""`` is the primary score).
+    """A batch's per-example scores (0–100) by view: ``primary_view`` (``""`` if it is the only one) and ``views``.
 
     ``records``: one JSON-ready dict per example (prompt, answer, prediction, ...), written to
     ``<log_dir>/predictions/<task>.jsonl`` by ``moram test``; None when the backbone keeps none.

@@ -147,8 +147,7 @@ class CLIPBackbone(Backbone):
         text, to_union = self._eval["text"], self._eval["to_union"][task]
         aware = 100.0 * ((image @ text[to_union].T).argmax(dim=1) == labels).double()  # among the task's classes
         agnostic = 100.0 * ((image @ text.T).argmax(dim=1) == to_union[labels]).double()  # among all class names
-        primary = aware if self.protocol == "task_aware" else agnostic
-        return EvalScores({"": primary, "task_aware": aware, "task_agnostic": agnostic})
+        return EvalScores({"task_aware": aware, "task_agnostic": agnostic})  # primary_view is one of them
 
     def predict(self, host: ContinualModule, batch: Any, task: int) -> Tensor:
         """Task-agnostic class index (into the union of all tasks' class names) of each image."""
