@@ -4,8 +4,10 @@ Each run is ``NAME=OVERRIDES`` (command-line overrides of the config, shell-quot
 fitted once per seed in its own subprocess, sequentially, into ``OUT/NAME/seedS``. A finished
 (run, seed) is not fitted again, so an interrupted comparison resumes where it stopped. Then::
 
-    OUT/comparison.md    mean ± std over seeds of Last / Average / Transfer, ACC / BWT / forgetting,
-                         and the accounting columns (moram.accounting, from the run's adapter_cost.json)
+    OUT/comparison.md    mean ± std over seeds of learning (the diagonal), Last / Average / Transfer,
+                         ACC / BWT / forgetting, routing leakage and delta-emptied tokens (when the run
+                         has AtomUsageCallback, see :func:`with_derived`), and the accounting columns
+                         (moram.accounting, from the run's adapter_cost.json)
     OUT/comparison.csv   the same, one row per run, plus one row per (run, seed)
     OUT/curves.png       per-task accuracy after each task (mean over seeds, ± std shaded)
 
@@ -36,7 +38,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-METRICS = ("last", "average", "transfer", "acc", "bwt", "forgetting")
+SUMMARY = ("last", "average", "transfer", "acc", "bwt", "forgetting")  # from continual_metrics.json
+METRICS = ("learning", *SUMMARY, "leakage", "gate_empty")
+HEADERS = ("Learning", "Last", "Average", "Transfer", "ACC", "BWT", "Forgetting", "Leakage", "δ-emptied")
 COST = ("trainable_per_task", "stored", "flops_per_token_per_layer")
 SEED_FLAGS = ("--seed_everything", "--model.atoms.seed", "--data.seed")
 
@@ -61,7 +65,7 @@ def fit_one(config: str, name: str, overrides: list[str], seed: int, out: Path, 
     run_dir = out / name / f"seed{seed}"
     done = run_dir / "result.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return with_derived(json.loads(done.read_text()), run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "moram.cli", "fit", "--config", config,
            *[arg for flag in seed_flags for arg in (flag, str(seed))],
@@ -77,11 +81,43 @@ def fit_one(config: str, name: str, overrides: list[str], seed: int, out: Path, 
     cost = json.loads(cost_file.read_text()) if cost_file.is_file() else {}
     record = {
         "name": name, "seed": seed, "overrides": overrides, "seconds": round(time.time() - start, 1),
-        "metrics": {m: _scalar(summary, m) for m in METRICS},
+        "metrics": {m: _scalar(summary, m) for m in SUMMARY},
         "cost": {c: cost.get(c) for c in COST},
         "task_names": summary["task_names"], "zero_shot": summary["zero_shot"], "matrix": summary["matrix"],
     }
+    record = with_derived(record, run_dir)
     done.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def with_derived(record: dict, run_dir: Path) -> dict:
+    """Fill the metrics a record may lack (records written before they existed are read the same way).
+
+    * ``learning``: mean of the diagonal ``R[j, j]`` (each task right after training it);
+    * ``leakage``: from ``AtomUsageCallback``'s ``atom_usage/summary.json`` (final row) when the run wrote one:
+      the mean over the tasks that have a newer block (all but the last) of the share of their routing
+      weight taken by newer tasks' blocks, in %;
+    * ``gate_empty``: from the same file, the mean over tasks of the fraction of tokens whose routing
+      weights the delta gate emptied, in %.
+
+    Methods without routed blocks (LoRA variants, zero-shot) have no usage file: their leakage is None.
+    """
+    metrics = record["metrics"]
+    matrix = record["matrix"]
+    if metrics.get("learning") is None and matrix:
+        metrics["learning"] = sum(matrix[j][j] for j in range(len(matrix))) / len(matrix)
+    if metrics.get("leakage") is None and metrics.get("gate_empty") is None:
+        metrics["leakage"] = metrics["gate_empty"] = None
+        try:
+            usage_file = latest_log_dir(run_dir) / "atom_usage" / "summary.json"
+        except FileNotFoundError:
+            usage_file = None
+        if usage_file is not None and usage_file.is_file():
+            tasks = json.loads(usage_file.read_text())["tasks"]
+            older = tasks[:-1]  # the last task has no newer block
+            if older:
+                metrics["leakage"] = 100 * sum(t["leakage"] for t in older) / len(older)
+            metrics["gate_empty"] = 100 * sum(t["gate_empty_fraction"] for t in tasks) / len(tasks)
     return record
 
 
@@ -98,7 +134,7 @@ def aggregate(records: list[dict]) -> list[dict]:
         mine = [r for r in records if r["name"] == name]
         row: dict[str, Any] = {"name": name, "seeds": [r["seed"] for r in mine]}
         for m in METRICS:
-            vals = [r["metrics"][m] for r in mine if r["metrics"][m] is not None]
+            vals = [r["metrics"][m] for r in mine if r["metrics"].get(m) is not None]
             row[m] = _mean_std(vals) if vals else None
         row.update({c: mine[0]["cost"].get(c) for c in COST})
         rows.append(row)
@@ -107,8 +143,7 @@ def aggregate(records: list[dict]) -> list[dict]:
 
 def write_tables(rows: list[dict], records: list[dict], out: Path) -> None:
     """``comparison.md`` and ``comparison.csv`` (aggregate rows, then per-seed rows)."""
-    head = ["method", "seeds", "Last", "Average", "Transfer", "ACC", "BWT", "Forgetting",
-            "trainable/task", "stored", "FLOPs/token/layer"]
+    head = ["method", "seeds", *HEADERS, "trainable/task", "stored", "FLOPs/token/layer"]
 
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v[0]:.1f} ± {v[1]:.1f}"
@@ -126,7 +161,7 @@ def write_tables(rows: list[dict], records: list[dict], out: Path) -> None:
             w.writerow([r["name"], "mean", *[x for m in METRICS for x in (r[m] or (None, None))],
                         *[r[c] for c in COST]])
         for rec in records:
-            w.writerow([rec["name"], rec["seed"], *[x for m in METRICS for x in (rec["metrics"][m], 0.0)],
+            w.writerow([rec["name"], rec["seed"], *[x for m in METRICS for x in (rec["metrics"].get(m), 0.0)],
                         *[rec["cost"].get(c) for c in COST]])
 
 
