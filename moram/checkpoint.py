@@ -252,6 +252,21 @@ def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
             "_class_path": "moram.module.ContinualModule"}
 
 
+def stored_task_count(checkpoint: dict[str, Any]) -> int | None:
+    """The number of tasks the checkpoint's banks were built for (their capacity), or None if it does not say.
+
+    Written as ``moram_checkpoint["max_tasks"]`` since moram 0.2; older files hold the task stream's
+    state (its ``task_names``), which gives the same number when ``atoms.max_tasks`` came from the stream.
+    """
+    info = checkpoint.get(KEY)
+    if isinstance(info, dict) and info.get("max_tasks") is not None:
+        return int(info["max_tasks"])
+    for value in checkpoint.values():
+        if isinstance(value, dict) and isinstance(value.get("task_names"), list) and value["task_names"]:
+            return len(value["task_names"])
+    return None
+
+
 def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
     """The model hyperparameters of a checkpoint file in ``class_path`` form (upgraded from moram 0.1), or {}."""
     checkpoint = torch.load(path, weights_only=True, map_location="cpu")

@@ -22,11 +22,14 @@ The adapted model is ``module.model`` (built in ``configure_model()``, or by :me
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import io
 import json
 import math
+import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -105,6 +108,10 @@ class TaskScores:
         return 0.0 if math.isnan(value) else value  # NaN here only means no examples: NaN scores raise
 
 
+_LOADED_TASKS: contextvars.ContextVar[int | None] = contextvars.ContextVar("moram_loaded_tasks", default=None)
+"""The bank capacity of the checkpoint :meth:`ContinualModule.load_from_checkpoint` is reading (no stream there)."""
+
+
 class ContinualModule(LightningModule):
     """Continual learning of a frozen pre-trained model: a backbone plugin, a method, an optimiser.
 
@@ -156,12 +163,14 @@ class ContinualModule(LightningModule):
         self._scores: TaskScores | None = None
         self._records: list[list[dict[str, Any]]] | None = None
         self._pending_rng: dict[str, Tensor] | None = None
+        self._build_rng: Tensor | None = None  # the CPU RNG state the backbone was built under
 
     # ------------------------------------------------------------------ construction
     def configure_model(self) -> None:
         """Build and adapt the backbone once; shard it under FSDP2 (a strategy with a device mesh). Idempotent."""
         if self.model is None:
             self.atoms = self.resolve_max_tasks(self.atoms)
+            self._build_rng = torch.get_rng_state()  # a backbone of random weights is rebuilt from it
             model = self.backbone.build()
             self.adapted = self.backbone.adapt(model, self.atoms, self.method)
             self.model = model
@@ -182,6 +191,9 @@ class ContinualModule(LightningModule):
             return atoms
         stream: Any = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if stream is None or not is_task_stream(stream):
+            loaded = _LOADED_TASKS.get()
+            if loaded is not None:  # load_from_checkpoint: the capacity the file was written with
+                return dataclasses.replace(atoms, max_tasks=loaded)
             raise ValueError("model.atoms.max_tasks is null and there is no task stream to take it from; set it")
         return dataclasses.replace(atoms, max_tasks=stream.num_tasks)
 
@@ -257,14 +269,59 @@ class ContinualModule(LightningModule):
     def strict_loading(self, value: bool) -> None:
         self._strict_loading = value
 
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path | IO[bytes], map_location: Any = None, hparams_file: str | Path | None = None,
+        strict: bool | None = None, **kwargs: Any,
+    ) -> ContinualModule:
+        """The trained module of a moram checkpoint, outside a Trainer (inference, inspection, export).
+
+        The backbone is rebuilt from the options stored in the file and checked against its fingerprint,
+        as on resume; the atoms (every task's memory, current and frozen, and their counters) are loaded
+        from it. ``atoms.max_tasks: null`` (taken from the stream in the run) is read from the file.
+        Checkpoints of moram 0.1 (``CLIPContinualModule`` / ``LMContinualModule``) are read in the
+        composed form. ``kwargs`` override stored hyperparameters, as in Lightning.
+
+        Example::
+
+            module = ContinualModule.load_from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
+            module.model  # the adapted backbone, ready for module.backbone.predict or your own loop
+        """
+        from moram.checkpoint import KEY, stored_task_count, upgrade_hparams
+
+        checkpoint = torch.load(checkpoint_path, map_location=map_location or "cpu", weights_only=True)
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise ValueError(f"{checkpoint_path} is not a Lightning checkpoint (no state_dict)")
+        checkpoint["hyper_parameters"] = upgrade_hparams(dict(checkpoint.get("hyper_parameters") or {}))
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        buffer.seek(0)
+        build_rng = (checkpoint.get(KEY) or {}).get("build_rng")
+        token = _LOADED_TASKS.set(stored_task_count(checkpoint))
+        try:
+            with torch.random.fork_rng(devices=[], enabled=build_rng is not None), warnings.catch_warnings():
+                if build_rng is not None:
+                    torch.set_rng_state(build_rng)
+                # the frozen backbone is rebuilt, not stored: on_load_checkpoint checks the adapter keys itself
+                warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in")
+                module = super().load_from_checkpoint(
+                    buffer, map_location=map_location, hparams_file=hparams_file, strict=strict, **kwargs
+                )
+        finally:
+            _LOADED_TASKS.reset(token)
+        assert isinstance(module, ContinualModule)
+        return module.eval()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Drop the frozen backbone and fingerprint it (:mod:`moram.checkpoint`); keep the global RNG state.
 
         The RNG state: atom dropout draws from it, and Lightning does not restore it.
         """
-        from moram.checkpoint import strip_backbone
+        from moram.checkpoint import KEY, strip_backbone
 
         strip_backbone(self, checkpoint)
+        checkpoint[KEY]["max_tasks"] = self.atoms.max_tasks  # for load_from_checkpoint: the banks' capacity,
+        checkpoint[KEY]["build_rng"] = self._build_rng  # and the RNG state of a backbone built from random weights
         state: dict[str, Tensor] = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)

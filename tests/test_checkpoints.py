@@ -39,6 +39,20 @@ def test_checkpoint_holds_the_atoms_and_a_fingerprint_not_the_backbone(tmp_path,
     assert sorted(p.name for p in (log_dir / "adapters").iterdir()) == ["task0-synthetic_0", "task1-synthetic_1"]
 
 
+def test_a_checkpoint_loads_outside_a_trainer_as_the_trained_model(tmp_path, tiny_config):
+    """``ContinualModule.load_from_checkpoint``: no stream, no seed (the random backbone's build RNG is stored)."""
+    from moram.module import ContinualModule
+
+    cli, _, log_dir = run_fit(tmp_path, tiny_config)
+    torch.manual_seed(123)  # another global RNG state than the run's
+    loaded = ContinualModule.load_from_checkpoint(log_dir / "checkpoints" / "last.ckpt")
+    assert not loaded.training
+    assert loaded.atoms.max_tasks == 2  # null in the config: the stream's task count, read from the file
+    trained, got = cli.model.state_dict(), loaded.state_dict()
+    assert got.keys() == trained.keys()
+    assert all(torch.equal(got[k], trained[k]) for k in trained)  # backbone rebuilt bit for bit, atoms loaded
+
+
 def test_llama_checkpoint_grows_with_the_atoms_not_the_backbone():
     from moram import AtomConfig
     from moram.backbones.lm import LMBackbone

@@ -63,3 +63,21 @@ def test_an_old_checkpoint_with_other_settings_is_refused_naming_the_option(tmp_
     with pytest.raises(ValueError, match=r"model\.atoms\.rank: checkpoint 2, config 3"):
         main(["validate", *new_args("clip"), "--model.atoms.rank", "3", "--ckpt_path", str(FIXTURE / "clip.ckpt"),
               "--trainer.default_root_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("name", ["clip", "lm"])
+def test_an_old_checkpoint_loads_outside_a_trainer(monkeypatch, name):
+    """``ContinualModule.load_from_checkpoint`` reads 0.1 hyperparameters in the composed form."""
+    from lightning.pytorch import seed_everything
+
+    from moram.module import ContinualModule
+
+    monkeypatch.chdir(ROOT)
+    checkpoint = FIXTURE / f"{name}.ckpt"
+    stored = torch.load(checkpoint, weights_only=True)["state_dict"]
+    seed_everything(0)  # the fixture's backbones are random weights, built after the run's seed (0.1 did not store it)
+    module = ContinualModule.load_from_checkpoint(checkpoint)
+    assert type(module.backbone).__name__ == {"clip": "CLIPBackbone", "lm": "LMBackbone"}[name]
+    state = module.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in stored.items())
+    assert {layer.task_index for _, layer in continual_layers(module.model)} == {1}
