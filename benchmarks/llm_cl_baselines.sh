@@ -1,6 +1,7 @@
 #!/bin/bash
 # The side-by-side LLM table (benchmarks/results/llm_cl_baselines/): MoRAM, sequential LoRA, O-LoRA,
-# MoE-LoRA and zero-shot on configs/llm_cl.yaml, per seed, under one of two settings:
+# MoE-LoRA, rank-r experts (MoRAM's routing over rank-8 blocks, the LLM tau and scale) and zero-shot
+# on configs/llm_cl.yaml, per seed, under one of two settings:
 #
 #   project   the config as shipped: lr 3e-3, 10 warmup steps then cosine per task, no clipping
 #   official  the official MoRAM/TRACE optimiser settings: lr 5e-4 constant, no warmup, clip 1.0
@@ -9,7 +10,7 @@
 # Usage: bash benchmarks/llm_cl_baselines.sh SETTING OUT SEED...    e.g.  ... project runs/llm 0 1 2
 # Each (method, seed) is one `moram fit` into OUT/SETTING/METHOD/seedS; finished ones are skipped, so
 # an interrupted call resumes. OUT/SETTING/comparison.md is the table. About 6 CPU-minutes a run
-# (1 thread); two settings in parallel on 2 cores: ~30 runs in ~100 min.
+# (1 thread); the two settings in parallel on 2 cores: 35 runs in about 75 min.
 set -euo pipefail
 setting=${1:?SETTING: project or official}; out=${2:?OUT folder}; shift 2
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,4 +27,5 @@ exec python benchmarks/compare.py --config configs/llm_cl.yaml --seeds "$@" --ou
   --run seq_lora="--model.method moram.baselines.SequentialLoRA --model.method.rank 8 $S" \
   --run o_lora="--model.method moram.baselines.OLoRA $S" \
   --run moe_lora="--model.method moram.baselines.MoELoRA --model.method.rank 8 $USAGE $S" \
+  --run rank_r_experts="--model.method moram.baselines.RankRExperts --model.method.rank 8 --model.method.temperature 0.03 --model.method.scale 2.0 $USAGE $S" \
   "${extra[@]}"
