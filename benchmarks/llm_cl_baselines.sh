@@ -9,7 +9,8 @@
 #
 # Usage: bash benchmarks/llm_cl_baselines.sh SETTING OUT SEED...    e.g.  ... project runs/llm 0 1 2
 # Each (method, seed) is one `moram fit` into OUT/SETTING/METHOD/seedS; finished ones are skipped, so
-# an interrupted call resumes. OUT/SETTING/comparison.md is the table. About 6 CPU-minutes a run
+# an interrupted call resumes; a trailing --report-only tabulates the finished runs and fits nothing.
+# OUT/SETTING/comparison.md is the table. About 4-6 CPU-minutes a run
 # (1 thread); the two settings in parallel on 2 cores: 35 runs in about 75 min.
 set -euo pipefail
 setting=${1:?SETTING: project or official}; out=${2:?OUT folder}; shift 2
