@@ -8,6 +8,11 @@ not a terminal, ``moram fit`` adds this callback: it prints one line when a task
     [moram] task 2/5 'digits 2-3': step 50/100, loss 0.4120, 12.3 s in this task, 61.0 s in all
     [moram] task 2/5 'digits 2-3': trained (100 steps, 24.1 s)
 
+A resumed run says where it continues (Lightning calls no epoch-start hook when it resumes inside
+a task, or right after a task's last batch)::
+
+    [moram] task 3/5 'digits 4-5': resumed at step 50/100 (global step 250)
+
 Only global rank zero prints. Works with any datamodule; task names come from a
 :class:`~moram.protocols.TaskStream` when there is one.
 """
@@ -36,6 +41,7 @@ class ProgressLogCallback(Callback):
         self.every_n_steps = every_n_steps
         self._start = self._task_start = time.monotonic()
         self._task_step0 = 0
+        self._announced: int | None = None  # the epoch (task) whose first line was printed
 
     def _task(self, trainer: pl.Trainer) -> str:
         datamodule: Any = getattr(trainer, "datamodule", None)
@@ -53,12 +59,28 @@ class ProgressLogCallback(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.monotonic()
+        self._announced = None
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._task_start, self._task_step0 = time.monotonic(), trainer.global_step
+        self._announced = trainer.current_epoch
         total = trainer.estimated_stepping_batches
         self._print(f"{self._task(trainer)}: started (step {trainer.global_step} of {total})")
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._announced == trainer.current_epoch:
+            return
+        if batch_idx == 0:  # resumed right after the previous task's last batch: this task starts now
+            self.on_train_epoch_start(trainer, pl_module)
+            return
+        self._task_start, self._task_step0 = time.monotonic(), trainer.global_step - batch_idx
+        self._announced = trainer.current_epoch
+        self._print(f"{self._task(trainer)}: resumed at step {batch_idx}/{trainer.num_training_batches} "
+                    f"(global step {trainer.global_step})")
 
     @override
     def on_train_batch_end(

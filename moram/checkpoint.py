@@ -29,6 +29,7 @@ per-tensor shapes to hash (that path is untested: FSDP1 needs CUDA).
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -267,9 +268,24 @@ def stored_task_count(checkpoint: dict[str, Any]) -> int | None:
     return None
 
 
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` of a checkpoint file (tensors only, on CPU); an unreadable file is a :class:`CheckpointError`."""
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(
+            f"cannot read the checkpoint {path} ({reason}): a truncated or partly written file, or not a "
+            "checkpoint; give another one (a run keeps its newest periodic checkpoint beside last.ckpt)"
+        ) from err
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})")
+    return checkpoint
+
+
 def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
     """The model hyperparameters of a checkpoint file in ``class_path`` form (upgraded from moram 0.1), or {}."""
-    checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    checkpoint = read_checkpoint(path)
     hparams = upgrade_hparams(dict(checkpoint.get("hyper_parameters") or {}))
     hparams.pop("_instantiator", None)
     if "_class_path" in hparams:

@@ -34,16 +34,18 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from moram.cli_help import HELP_GUIDE, nested_help
 from moram.protocols import is_task_stream
+from moram.run_folder import RunFolderConfig
 
 TRACEBACK_ENV = "MORAM_TRACEBACK"
 LOG_NAME = "lightning_logs"
+CSV_LOGGER = "moram.loggers.CSVLogger"
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -144,32 +146,6 @@ def _restore_nulls(node: Any) -> None:
             _restore_nulls(item)
 
 
-def _version_number(path: Path) -> int:
-    match = re.fullmatch(r"version_(\d+)", path.name)
-    return int(match.group(1)) if match else -1
-
-
-def find_last_checkpoint(log_root: Path, dirpaths: list[Path]) -> tuple[Path, int | None]:
-    """The checkpoint ``--ckpt_path last`` means, and the run version (folder) it belongs to.
-
-    ``dirpaths`` (explicit ``ModelCheckpoint(dirpath=...)`` folders) are looked in first (the run is then
-    the newest ``version_N``); otherwise the newest ``<log_root>/version_N/checkpoints/last.ckpt``.
-    Raises ``FileNotFoundError`` naming where it looked.
-    """
-    versions = sorted(log_root.glob("version_*"), key=_version_number, reverse=True)
-    for dirpath in dirpaths:  # an explicit folder: the run it belongs to is the newest one
-        if (dirpath / "last.ckpt").exists():
-            return dirpath / "last.ckpt", _version_number(versions[0]) if versions else None
-    for version in versions:
-        if (version / "checkpoints" / "last.ckpt").exists():
-            return version / "checkpoints" / "last.ckpt", _version_number(version)
-    looked = [str(d / "last.ckpt") for d in dirpaths] + [str(log_root / "version_*" / "checkpoints" / "last.ckpt")]
-    raise FileNotFoundError(
-        f"--ckpt_path last: no last checkpoint in {' or '.join(looked)}; runs write one with a ModelCheckpoint "
-        "callback that has save_last: true (the shipped configs do). Start without --ckpt_path, or give a file"
-    )
-
-
 def _class_name(node: Any) -> str:
     path = node.get("class_path") if hasattr(node, "get") else None
     return str(path or "").rsplit(".", 1)[-1]
@@ -182,6 +158,76 @@ TASK_STREAM_TRAINER_DEFAULTS: dict[str, Any] = {
 }
 """Trainer defaults of the ``moram`` command, for a task stream (``max_epochs`` null becomes the number of
 tasks). A config that trains on something else sets its own values (``recipes/pretrain_tiny_clip.yaml``)."""
+
+
+CKPT_PATH_HELP = (
+    "Checkpoint to resume from (fit) or to evaluate (validate, test). 'last': the newest *unfinished* run of "
+    "this configuration (same model settings and data options) under the logger's folder, continued in its own "
+    "run folder (metrics.csv appended, config.yaml kept, history.jsonl extended); other runs are skipped and "
+    "never touched. A finished run is never resumed. A file inside a run folder (version_N/checkpoints/) "
+    "continues that run."
+)
+
+_STRUCTURE = re.compile(
+    r"^(Does not validate|Subtypes:|Errors:|- Problem with given class_path"
+    r"|- Expected a <class 'NoneType'>|Given value)"
+)
+_PARSER_KEY = re.compile(r'^(\s*)(?:- )?Parser key "([^"]+)":\s*(.*)$')
+
+
+def parser_error_line(message: str) -> str:
+    r"""The nested report jsonargparse gives of a bad option, as one line: the option's dotted name and the reason.
+
+    >>> parser_error_line('Parser key "model":\\n  Errors:\\n    - Problem with given class_path \\'m.M\\':\\n'
+    ...                   '        Parser key "lr":\\n          Expected a <class \\'float\\'>. Got value: abc')
+    '--model.lr: expected a float, got value: abc'
+    """
+    lines = message.splitlines()
+    stack: list[tuple[int, str]] = []
+    deepest: tuple[int, list[str]] = (-1, [])
+    reason = ""
+    for i, line in enumerate(lines):
+        match = _PARSER_KEY.match(line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, match.group(2)))
+        if indent > deepest[0]:
+            rest = match.group(3).strip()
+            if not rest:
+                rest = next((t.strip() for t in lines[i + 1:] if t.strip() and not _STRUCTURE.match(t.strip())), "")
+            deepest, reason = (indent, [k for _, k in stack]), rest
+    if not reason:
+        return _one_line(message)
+    unknown = re.fullmatch(r"Option '(\w+)' is not accepted", reason)
+    if unknown:
+        option = ".".join([*deepest[1], unknown.group(1)])
+        return f"--{option}: no such option (--{'.'.join(deepest[1])}.help lists the options there)"
+    reason = re.sub(r"<class '([\w.]+)'>", r"\1", reason)
+    reason = reason.replace("Expected a ", "expected a ").replace(". Got value:", ", got value:")
+    return f"--{'.'.join(deepest[1])}: {reason}"
+
+
+class MoramArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, reporting a bad option in one line plus a hint, and moram's meaning of ``ckpt_path``."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        print(f"moram: error: {parser_error_line(message)}\n(all options: {prog} --help; "
+              f"{TRACEBACK_ENV}=1 for jsonargparse's full report)", file=sys.stderr)
+        sys.exit(2)
+
+    def add_method_arguments(self, *args: Any, **kwargs: Any) -> list[str]:
+        added = super().add_method_arguments(*args, **kwargs)
+        for action in self._actions:
+            if action.dest == "ckpt_path":
+                action.help = CKPT_PATH_HELP
+        return list(added)
 
 
 class MoramCLI(LightningCLI):
@@ -201,6 +247,14 @@ class MoramCLI(LightningCLI):
         kwargs.setdefault("prog", "moram")
         return super().init_parser(**kwargs)
 
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        """Lightning's parsers; the usage line also names ``data`` (handled before LightningCLI, see :func:`entry`)."""
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:
+            self.parser.usage = "moram [-h] [-c CONFIG] {fit,validate,test,predict,data} ..."
+
     def parse_arguments(self, parser: Any, args: Any) -> None:
         """Parse, then restore the nulls jsonargparse turns into ``"None"`` in nested classes (see below).
 
@@ -212,29 +266,65 @@ class MoramCLI(LightningCLI):
         for group in ("model", "data"):
             _restore_nulls(config.get(group))
 
-    def _resolve_logger_and_last(self, config: Any) -> None:
-        """Name the default logger, and turn ``ckpt_path: last`` into a file whose run folder is reused."""
+    def _resolve_logger_and_last(self, subcommand: str | None, config: Any) -> None:
+        """Name the default logger (moram's appending CSV logger), then resolve the checkpoint to resume.
+
+        ``ckpt_path: last`` becomes the newest unfinished run of this configuration
+        (:func:`moram.runs.select_run`); a ``fit`` from a checkpoint inside a run folder continues
+        that folder; a finished run is never resumed. Every check here reads files only.
+        """
+        from jsonargparse import Namespace
+
+        from moram.checkpoint import CheckpointError
+        from moram.runs import finished_run, run_folder_of, select_run, version_number
+
         trainer = config.trainer
         root = Path(trainer.get("default_root_dir") or os.getcwd())
         logger = trainer.get("logger")
         if logger is None or logger is True:  # Lightning's default, without its tensorboardX notice
-            from jsonargparse import Namespace
-
-            logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
-                               init_args=Namespace(save_dir=str(root), name=LOG_NAME))
+            logger = Namespace(class_path=CSV_LOGGER, init_args=Namespace(save_dir=str(root), name=LOG_NAME))
             trainer.logger = logger
-        if config.get("ckpt_path") != "last":
+        elif _class_name(logger) == "CSVLogger" and logger.get("class_path") == "lightning.pytorch.loggers.CSVLogger":
+            logger.class_path = CSV_LOGGER  # same options; appends to metrics.csv instead of deleting it
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path:
             return
-        dirpaths = [Path(c.init_args.dirpath) for c in trainer.get("callbacks") or []
-                    if _class_name(c) == "ModelCheckpoint" and c.get("init_args") and c.init_args.get("dirpath")]
+        folder_logger = _class_name(logger) in ("CSVLogger", "TensorBoardLogger") and logger.get("init_args")
         log_root = root / LOG_NAME
-        if _class_name(logger) in ("CSVLogger", "TensorBoardLogger"):
+        if folder_logger:
             args = logger.init_args
             log_root = Path(args.get("save_dir") or root) / (args.get("name") or LOG_NAME)
-        path, version = find_last_checkpoint(log_root, dirpaths)
-        config.ckpt_path = str(path)
-        if version is not None and _class_name(logger) in ("CSVLogger", "TensorBoardLogger"):
-            logger.init_args.version = version  # keep writing into the run being resumed
+        if ckpt_path == "last":
+            dirpaths = [Path(c.init_args.dirpath) for c in trainer.get("callbacks") or []
+                        if _class_name(c) == "ModelCheckpoint" and c.get("init_args") and c.init_args.get("dirpath")]
+            data = _flat(config.data.as_dict()) if subcommand == "fit" and config.get("data") else {}
+            run = select_run(log_root, dirpaths, lambda path: self._model_differences(subcommand, str(path)), data)
+            config.ckpt_path = str(run.checkpoint)
+            run_dir: Path | None = run.run_dir
+        else:
+            run_dir = run_folder_of(ckpt_path)
+            if subcommand == "fit" and finished_run(run_dir):
+                raise CheckpointError(
+                    f"--ckpt_path {ckpt_path}: run {run_dir} finished all its tasks (its continual_metrics.json says "
+                    "so); resuming would overwrite its results. Evaluate it with 'moram test', or start a new run"
+                )
+        if (subcommand == "fit" and folder_logger and run_dir is not None and version_number(run_dir) >= 0
+                and run_dir.parent.resolve() == log_root.resolve()):
+            logger.init_args.version = version_number(run_dir)  # keep writing into the run being resumed
+
+    def _model_differences(self, subcommand: str | None, ckpt_path: str) -> str:
+        """How the model settings of ``ckpt_path`` differ from the config's ("" when they agree)."""
+        from moram.checkpoint import checkpoint_hparams
+
+        hparams = checkpoint_hparams(ckpt_path)
+        if not hparams or not subcommand:
+            return ""
+        before = _flat(self.config[subcommand].model.as_dict())
+        parsed = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        after = _flat(parsed[subcommand].model.as_dict())
+        keys = sorted(set(before) | set(after))
+        diff = {k: (after.get(k), before.get(k)) for k in keys if before.get(k) != after.get(k)}
+        return "; ".join(f"model.{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in diff.items())
 
     def _parse_ckpt_path(self) -> None:
         # The one override of a private LightningCLI hook (tests/test_cli_hooks.py fails if Lightning
@@ -243,27 +333,23 @@ class MoramCLI(LightningCLI):
         # instead resolves `last` and the run folder, upgrades the hyperparameters of checkpoints
         # written before the composed module (moram.checkpoint.upgrade_hparams), and refuses a
         # checkpoint trained with other settings (atoms, backbone, method), naming each difference.
-        from moram.checkpoint import checkpoint_hparams
+        from moram.checkpoint import CheckpointError
 
         subcommand = self.config.get("subcommand")
-        self._resolve_logger_and_last(self.config[subcommand] if subcommand else self.config)
+        config = self.config[subcommand] if subcommand else self.config
+        given = config.get("ckpt_path")
+        if given and given != "last" and not Path(given).exists():
+            raise FileNotFoundError(f"--ckpt_path {given}: no such file; give a checkpoint file, or 'last'")
+        self._resolve_logger_and_last(subcommand, config)
         if not subcommand:
             return
-        ckpt_path = self.config[subcommand].get("ckpt_path")
+        ckpt_path = config.get("ckpt_path")
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        hparams = checkpoint_hparams(ckpt_path)
-        if not hparams:
-            return
-        before = _flat(self.config[subcommand].model.as_dict())
-        parsed = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
-        after = _flat(parsed[subcommand].model.as_dict())
-        keys = sorted(set(before) | set(after))
-        diff = {k: (after.get(k), before.get(k)) for k in keys if before.get(k) != after.get(k)}
+        diff = self._model_differences(subcommand, ckpt_path)
         if diff:
-            detail = "; ".join(f"model.{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(
-                f"the checkpoint {ckpt_path} was trained with other model settings ({detail}); "
+            raise CheckpointError(
+                f"the checkpoint {ckpt_path} was trained with other model settings ({diff}); "
                 "use the config it was trained with, or a checkpoint that matches this one"
             )
 
@@ -284,6 +370,17 @@ class MoramCLI(LightningCLI):
                     "(one epoch per task); leave trainer.max_epochs null"
                 )
         return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        """Say when torch's threads outnumber the free cores (:func:`thread_warning`; ``MORAM_THREAD_WARNING=0``: never)."""
+        import torch
+
+        if os.environ.get("MORAM_THREAD_WARNING", "1") == "0":
+            return
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        message = thread_warning(torch.get_num_threads(), os.cpu_count() or 1, load)
+        if message and int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+            print(message, file=sys.stderr, flush=True)
 
     # Results are written by then (callbacks save on rank 0 during fit); end every rank together so a
     # multi-process gloo run does not abort at interpreter exit (moram.distributed). LightningCLI calls
@@ -309,6 +406,24 @@ class MoramCLI(LightningCLI):
         from moram.distributed import finish_distributed
 
         finish_distributed()
+
+
+def thread_warning(threads: int, cores: int, load: float) -> str | None:
+    """A warning when ``threads`` (torch's per process) exceed the free cores (``cores`` minus the load), else None.
+
+    >>> thread_warning(2, 2, 0.1) is None
+    True
+    >>> thread_warning(2, 2, 1.5).split(";")[0]
+    'moram: torch uses 2 threads but about 0.5 of 2 cores are free (load 1.5)'
+    """
+    free = max(cores - load, 0.0)
+    if threads <= 1 or threads <= free + 0.5:
+        return None
+    return (
+        f"moram: torch uses {threads} threads but about {free:.1f} of {cores} cores are free (load {load:.1f}); "
+        "on a busy machine extra threads can cost several times the CPU time. Set OMP_NUM_THREADS to the free "
+        "cores (1 here) to avoid it; note that results are bit-identical only at the same thread count"
+    )
 
 
 def files_written(log_dir: Path) -> str:
@@ -374,6 +489,8 @@ def main(args: list[str] | None = None, run: bool = True) -> MoramCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults=TASK_STREAM_TRAINER_DEFAULTS,
+        parser_class=MoramArgumentParser,
+        save_config_callback=RunFolderConfig,
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},

@@ -60,6 +60,27 @@ def _owner_class(args: list[str], group: str) -> type:
     return import_object(value)
 
 
+def _configured_class(args: list[str], group: str, path: list[str]) -> type | None:
+    """The class a config or the command line sets for ``--group.path`` (``--data.source CLASS``), else None."""
+    dotted = f"--{group}.{'.'.join(path)}"
+    value = None
+    for i, arg in enumerate(args):
+        if arg in ("-c", "--config") and i + 1 < len(args):
+            import yaml
+
+            node: Any = (yaml.safe_load(Path(args[i + 1]).read_text()) or {}).get(group)
+            for name in path:
+                node = node.get("init_args", node) if isinstance(node, dict) else None
+                node = node.get(name) if isinstance(node, dict) else None
+            path_value = node.get("class_path") if isinstance(node, dict) else node if isinstance(node, str) else None
+            value = path_value or value
+        elif arg == dotted and i + 1 < len(args) and not args[i + 1].startswith("-"):
+            value = args[i + 1]
+        elif arg.startswith(dotted + "="):
+            value = arg.split("=", 1)[1]
+    return import_object(value) if isinstance(value, str) and "." in value else None
+
+
 def _nested_class(owner: type, path: list[str]) -> type:
     import dataclasses
     import typing
@@ -91,7 +112,8 @@ def nested_help(args: list[str]) -> bool:
             value = args[i + 1]
         if value and "." not in value:
             raise ValueError(f"--{group}.{path}.help {value}: give the full class path, e.g. moram.baselines.MoELoRA")
-        cls = import_object(value) if value else _nested_class(_owner_class(args, group), path.split("."))
+        cls = (import_object(value) if value else _configured_class(args, group, path.split("."))
+               or _nested_class(_owner_class(args, group), path.split(".")))
         parser = ArgumentParser(prog=f"moram {args[0] if args else 'fit'}", description=f"Options of {cls.__name__}")
         parser.add_class_arguments(cls, f"{group}.{path}", fail_untyped=False, sub_configs=True)
         parser.print_help()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import TINY
+
+# The busy-machine thread warning of `moram fit` (tested on its own in test_run_safety.py) would add a line
+# to every command's output that the tests read.
+os.environ.setdefault("MORAM_THREAD_WARNING", "0")
 
 
 @pytest.fixture

@@ -97,11 +97,19 @@ def _scan_split(domain_dir: Path, split: str, classes: list[str] | None) -> tupl
     classes = folders if classes is None else classes
     files: list[Path] = []
     labels: list[int] = []
+    empty: list[str] = []
     for label, name in enumerate(classes):
         class_dir = split_dir / name
         found = sorted(p for p in class_dir.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found and split == "train":
+            empty.append(str(class_dir))
         files += found
         labels += [label] * len(found)
+    if empty:
+        raise ValueError(
+            f"class folder(s) with no images ({', '.join(sorted(IMAGE_SUFFIXES))}): {', '.join(empty)}; a class "
+            "needs training images: add some, or remove the folder"
+        )
     return classes, files, labels
 
 
