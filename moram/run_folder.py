@@ -35,7 +35,7 @@ class RunFolderConfig(SaveConfigCallback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and trainer.ckpt_path is not None:
+        if stage == "fit" and self._resumed:
             return  # resumed: nothing is written before the checkpoint restored (on_train_start)
         super().setup(trainer, pl_module, stage)
 
@@ -46,7 +46,7 @@ class RunFolderConfig(SaveConfigCallback):
             return
         run_dir = Path(log_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        resumed = trainer.ckpt_path is not None
+        resumed = self._resumed
         config_file = CONFIG_FILE
         if resumed:
             config_file = self._store_resumed_config(run_dir)
@@ -54,7 +54,7 @@ class RunFolderConfig(SaveConfigCallback):
             "event": "resume" if resumed else "start",
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "argv": sys.argv[1:],
-            "checkpoint": str(trainer.ckpt_path) if resumed else None,
+            "checkpoint": str(self.config.get("ckpt_path")) if resumed else None,
             "global_step": int(trainer.global_step),
             "task": int(trainer.current_epoch),
             "config": config_file,
@@ -65,6 +65,10 @@ class RunFolderConfig(SaveConfigCallback):
             entry["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
         with (run_dir / HISTORY_FILE).open("a") as file:
             file.write(json.dumps(entry) + "\n")
+
+    @property
+    def _resumed(self) -> bool:
+        return bool(self.config.get("ckpt_path"))  # the CLI resolved it (``last``: a file) before fit
 
     def _dump(self) -> str:
         return str(self.parser.dump(self.config, skip_none=False))

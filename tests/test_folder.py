@@ -43,10 +43,17 @@ def test_errors_name_what_to_fix(tmp_path, monkeypatch):
         FolderTasks(["pets"]).build()
     with pytest.raises(FileNotFoundError, match=r"domain 'pets' not found.*<root>/<domain>/\{train,test\}"):
         FolderTasks(["pets"], root=str(tmp_path)).build()
-    (tmp_path / "pets" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "pets" / "train").mkdir(parents=True)
     (tmp_path / "pets" / "test").mkdir(parents=True)
-    with pytest.raises(ValueError, match="task 'pets' has no training samples"):
+    with pytest.raises(ValueError, match="task 'pets' has no class names"):
         FolderTasks(["pets"], root=str(tmp_path)).build()
+    (tmp_path / "pets" / "train" / "cat").mkdir()
+    (tmp_path / "pets" / "train" / "dog").mkdir()
+    (tmp_path / "pets" / "train" / "dog" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"class folder\(s\) with no images .*: \S*pets/train/cat; a class needs"):
+        FolderTasks(["pets"], root=str(tmp_path)).build()  # an empty class would train on nothing, silently
+    (tmp_path / "pets" / "train" / "dog" / "0.png").unlink()
+    (tmp_path / "pets" / "train" / "dog").rmdir()
     (tmp_path / "pets" / "train" / "cat" / "0.png").write_bytes(b"not a png")
     (tmp_path / "pets" / "test" / "cat").mkdir()
     (tmp_path / "pets" / "test" / "cat" / "0.png").write_bytes(b"not a png")
