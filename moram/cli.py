@@ -284,7 +284,7 @@ class MoramCLI(LightningCLI):
         if logger is None or logger is True:  # Lightning's default, without its tensorboardX notice
             logger = Namespace(class_path=CSV_LOGGER, init_args=Namespace(save_dir=str(root), name=LOG_NAME))
             trainer.logger = logger
-        elif _class_name(logger) == "CSVLogger" and logger.get("class_path") == "lightning.pytorch.loggers.CSVLogger":
+        elif _class_name(logger) == "CSVLogger" and str(logger.get("class_path")).startswith("lightning."):
             logger.class_path = CSV_LOGGER  # same options; appends to metrics.csv instead of deleting it
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path:
@@ -372,7 +372,7 @@ class MoramCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
-        """Say when torch's threads outnumber the free cores (:func:`thread_warning`; ``MORAM_THREAD_WARNING=0``: never)."""
+        """Say when torch's threads outnumber the free cores (:func:`thread_warning`; off: MORAM_THREAD_WARNING=0)."""
         import torch
 
         if os.environ.get("MORAM_THREAD_WARNING", "1") == "0":

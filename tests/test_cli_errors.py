@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -42,6 +43,26 @@ def test_bad_input_is_one_message_naming_it(monkeypatch, capsys, tmp_path, tiny_
     assert lines[0].startswith("moram: error: ")
     assert __import__("re").search(pattern, lines[0]), lines[0]
     assert TRACEBACK_ENV in lines[-1]
+
+
+PARSER = {  # jsonargparse's errors: its nested report becomes the option's name and the reason
+    "missing_config": (["--config", "no/such/file.yaml"], r"--config: File does not exist: .*no/such/file\.yaml'"),
+    "unknown_key": (["--model.atoms.rnak", "8"],
+                    r"--model\.atoms\.rnak: no such option \(--model\.atoms\.help lists the options there\)"),
+    "wrong_type": (["--model.lr", "abc"], r"--model\.lr: expected a float, got value: abc"),
+}
+
+
+@pytest.mark.parametrize("case", list(PARSER))
+def test_bad_option_is_one_line_and_a_hint(monkeypatch, capsys, tmp_path, tiny_config, case):
+    extra, pattern = PARSER[case]
+    code, err = run_entry(monkeypatch, capsys, fit_args(tmp_path, tiny_config, *extra))
+    lines = err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 2, err
+    assert re.fullmatch(f"moram: error: {pattern}", lines[0]), lines[0]
+    assert "moram fit --help" in lines[1]
+    assert not (tmp_path / "lightning_logs").exists()
 
 
 def test_checkpoint_of_another_backbone_is_one_message(monkeypatch, capsys, tmp_path, tiny_config):

@@ -24,6 +24,13 @@ def test_top_level_help_lists_every_subcommand_and_how_to_find_moram_options(cap
         assert subcommand in text
     assert "--model.atoms.help" in text
     assert "--data.source.help" in text
+    assert text.startswith("usage: moram [-h] [-c CONFIG] {fit,validate,test,predict,data} ...")
+
+
+def test_ckpt_path_help_says_what_moram_does_with_last(capsys):
+    text = " ".join(help_text(capsys, ["fit", "--help"]).split())
+    assert "'last': the newest *unfinished* run of this configuration" in text
+    assert "A finished run is never resumed" in text
 
 
 def test_fit_help_starts_with_the_guide_to_moram_options(capsys):
@@ -41,6 +48,11 @@ def test_fit_help_starts_with_the_guide_to_moram_options(capsys):
     (["fit", "--data.source.help=moram.data.text_benchmarks.JsonlTasks"], "--data.source.root ROOT"),
     (["fit", "--model.help", "moram.module.ContinualModule"], "--model.backbone.help"),
     (["fit", "--data.help", "moram.data.stream.TaskStreamDataModule"], "--data.source.help"),
+    # a config and no class: the configured class's options (the declared type has none)
+    (["fit", "--config", CONFIG, "--data.source.help"], "--data.source.classes_per_task"),
+    (["fit", "--config", CONFIG, "--model.backbone.help"], "--model.backbone.towers"),
+    (["fit", "--config", CONFIG, "--data.source", "moram.data.folder.FolderTasks", "--data.source.help"],
+     "--data.source.domains"),
 ])
 def test_advertised_help_flags_work(capsys, args, expected):
     assert expected in help_text(capsys, args)

@@ -11,7 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from helpers import fit_args
 
@@ -52,15 +51,20 @@ def test_last_never_resumes_a_finished_run_and_touches_nothing(monkeypatch, caps
     run = fit(tmp_path, tiny_config)
     assert json.loads((run / "continual_metrics.json").read_text())["finished"] is True
     before = snapshot(tmp_path)
-    code, _, err = run_entry(monkeypatch, capsys, fit_args(tmp_path, tiny_config, *CKPT_EVERY_STEP, "--ckpt_path", "last"))
+    code, _, err = run_entry(monkeypatch, capsys, fit_args(tmp_path, tiny_config, *CKPT_EVERY_STEP,
+                                                           "--ckpt_path", "last"))
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 2 and "version_0: finished" in lines[0] and "nothing was changed" in lines[0], err
+    assert len(lines) == 2, err
+    assert "version_0: finished" in lines[0], err
+    assert "nothing was changed" in lines[0], err
     assert snapshot(tmp_path) == before
     # named by its file, the finished run is refused too, naming the run
     ckpt = run / "checkpoints" / "last.ckpt"
-    code, _, err = run_entry(monkeypatch, capsys, fit_args(tmp_path, tiny_config, *CKPT_EVERY_STEP, "--ckpt_path", str(ckpt)))
-    assert code == 2 and f"run {run} finished all its tasks" in err, err
+    code, _, err = run_entry(monkeypatch, capsys, fit_args(tmp_path, tiny_config, *CKPT_EVERY_STEP,
+                                                           "--ckpt_path", str(ckpt)))
+    assert code == 2
+    assert f"run {run} finished all its tasks" in err, err
     assert snapshot(tmp_path) == before
 
 
@@ -98,7 +102,8 @@ def test_last_continues_only_its_own_configuration_and_appends(monkeypatch, caps
     assert "log_every_n_steps: 2" in (mine / "config_resumed_1.yaml").read_text()
     events = history_entries(mine)
     assert [e["event"] for e in events] == ["start", "resume"]
-    assert events[1]["global_step"] == 4 and events[1]["config"] == "config_resumed_1.yaml"
+    assert events[1]["global_step"] == 4
+    assert events[1]["config"] == "config_resumed_1.yaml"
     assert events[1]["checkpoint"].endswith("version_0/checkpoints/last.ckpt")
     # progress lines: where the run continues; the task is counted whole (3 steps), not from step 0
     assert "task 2/2 'synthetic 1': resumed at step 1/3 (global step 4)" in out, out
@@ -112,10 +117,12 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_config):
                    .trainer.log_dir)
     assert resumed == stopped
     want, got = (json.loads((p / "continual_metrics.json").read_text()) for p in (full, resumed))
-    assert got["matrix"] == want["matrix"] and got["zero_shot"] == want["zero_shot"]
+    assert got["matrix"] == want["matrix"]
+    assert got["zero_shot"] == want["zero_shot"]
     a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_failed_start_leaves_no_run_folder(monkeypatch, capsys, tmp_path, tiny_config):
@@ -124,7 +131,8 @@ def test_failed_start_leaves_no_run_folder(monkeypatch, capsys, tmp_path, tiny_c
     code, _, err = run_entry(monkeypatch, capsys, fit_args(
         tmp_path, tiny_config, "--data.source", "moram.data.folder.FolderTasks", "--data.source.domains", "[a]",
         "--data.source.root", str(tmp_path / "missing")))
-    assert code == 2 and "data.source.root" in err
+    assert code == 2
+    assert "data.source.root" in err
     assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]
     assert snapshot(tmp_path) == before
 
@@ -138,9 +146,11 @@ def test_truncated_checkpoint_is_one_line_and_touches_nothing(monkeypatch, capsy
     code, _, err = run_entry(monkeypatch, capsys, fit_args(tmp_path, tiny_config, "--ckpt_path", str(broken)))
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith(f"moram: error: cannot read the checkpoint {broken}"), err
+    assert len(lines) == 2, err
+    assert lines[0].startswith(f"moram: error: cannot read the checkpoint {broken}"), err
     assert snapshot(tmp_path) == before
     # `last` skips a run whose last.ckpt is unreadable, saying so
     ckpt.write_bytes(broken.read_bytes())
     code, _, err = run_entry(monkeypatch, capsys, fit_args(tmp_path, tiny_config, "--ckpt_path", "last"))
-    assert code == 2 and "version_0: unreadable checkpoint" in err, err
+    assert code == 2
+    assert "version_0: unreadable checkpoint" in err, err

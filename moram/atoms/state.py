@@ -5,7 +5,12 @@ Layout of a directory written by :func:`save_atoms`::
     atoms.safetensors   "<layer>.frozen_keys" (n, d_in), "<layer>.frozen_values" (n, d_out),
                         "<layer>.current_keys" (r, d_in), "<layer>.current_values" (r, d_out)
     atoms.json          {"format": "moram-atoms", "version": 1, "config": {AtomConfig},
-                         "layers": {"<layer>": {"in_features", "out_features", "num_frozen", "current_live"}}}
+                         "layers": {"<layer>": {"in_features", "out_features", "num_frozen", "current_live"}},
+                         "layouts": ["split_attention", ...]}
+
+``layouts`` names the conversions the model had been through before its layers were adapted (open_clip's
+attention split into q/k/v/out linears: :data:`LAYOUTS`); :func:`load_atoms` applies them to a plain
+model first, so an adapter folder loads into the backbone it was trained on in one call.
 
 Layer names are relative to the model passed in, with wrapper prefixes removed, so files written
 from a DDP-, FSDP- or compile-wrapped model load into a plain one.
@@ -24,6 +29,11 @@ from moram.atoms.bank import AtomBank, AtomStateError
 from moram.atoms.config import AtomConfig
 from moram.atoms.inject import atom_layers, inject_atoms
 from moram.distributed import assign_full, full_value
+
+LAYOUTS: dict[str, str] = {"split_attention": "moram.backbones.clip.attention.convert_attention"}
+"""Layout conversions an adapter file may record, by name: the function that applies one to a plain model.
+
+A module class made by a conversion says so with a ``moram_layout`` class attribute."""
 
 WEIGHTS_NAME = "atoms.safetensors"
 CONFIG_NAME = "atoms.json"
@@ -56,9 +66,34 @@ def save_atoms(model: nn.Module, directory: str | Path, config: AtomConfig) -> P
             "current_live": bool(bank.current_live),
         }
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(out / WEIGHTS_NAME))
-    sidecar = {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "layers": meta}
+    sidecar = {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "layers": meta,
+               "layouts": model_layouts(model)}
     (out / CONFIG_NAME).write_text(json.dumps(sidecar, indent=2) + "\n")
     return out
+
+
+def model_layouts(model: nn.Module) -> list[str]:
+    """The layout conversions ``model`` has been through (the ``moram_layout`` of its modules), sorted."""
+    return sorted({str(m.moram_layout) for m in model.modules() if getattr(type(m), "moram_layout", None)})
+
+
+def apply_layouts(model: nn.Module, layouts: list[str]) -> list[str]:
+    """Apply to ``model`` the conversions of ``layouts`` it has not been through; returns those applied."""
+    import importlib
+
+    unknown = [name for name in layouts if name not in LAYOUTS]
+    if unknown:
+        raise AtomStateError(f"the adapter file needs the model layout(s) {unknown}, unknown to this moram version")
+    applied = [name for name in layouts if name not in model_layouts(model)]
+    for name in applied:
+        module, _, function = LAYOUTS[name].rpartition(".")
+        getattr(importlib.import_module(module), function)(model)
+    return applied
+
+
+def read_layouts(directory: str | Path) -> list[str]:
+    """The ``layouts`` an adapter folder records (none for files written before they were recorded)."""
+    return list(json.loads((Path(directory) / CONFIG_NAME).read_text()).get("layouts", []))
 
 
 def read_atom_config(directory: str | Path) -> tuple[AtomConfig, dict[str, dict[str, Any]]]:
@@ -99,14 +134,29 @@ def _check_bank(name: str, bank: AtomBank, config: AtomConfig, info: dict[str, A
 def load_atoms(model: nn.Module, directory: str | Path) -> list[str]:
     """Load an adapter directory into ``model``; returns the loaded layer names.
 
-    A model without routed layers gets them first, injected with the file's AtomConfig into
-    exactly the file's layers. The model's capacity may be larger than the file's (to keep
-    learning); every other setting must match, and the layer sets must be equal.
+    A model without routed layers gets them first: the layout conversions the file records are
+    applied (open_clip's attention split into q/k/v/out linears, as training did), then atoms are
+    injected with the file's AtomConfig into exactly the file's layers. The model's capacity may be
+    larger than the file's (to keep learning); every other setting must match, and the layer sets
+    must be equal.
+
+    Example (a folder a ``moram fit`` run exported after its last task)::
+
+        model, tokenizer = moram.backbones.clip.build_clip(model_config="moram-tiny-minilm", pretrained="packaged")
+        moram.load_atoms(model, "lightning_logs/version_0/adapters/task4-digits_8-9")
     """
     from safetensors.torch import load_file
 
     config, meta = read_atom_config(directory)
     if not atom_layers(model):
+        apply_layouts(model, read_layouts(directory))
+        missing = sorted(set(meta) - {name for name, _ in model.named_modules()})
+        if missing:
+            raise AtomStateError(
+                f"the adapter in '{directory}' adapts layers this model does not have ({missing[:3]}"
+                f"{'...' if len(missing) > 3 else ''}): load it into the backbone it was trained on (the run's "
+                "model.backbone options)"
+            )
         inject_atoms(model, config, targets=list(meta))
     layers = dict(atom_layers(model))
     if set(layers) != set(meta):

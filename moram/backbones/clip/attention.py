@@ -57,6 +57,9 @@ def _not_identity(module: nn.Module) -> bool:
 class SplitAttention(nn.Module):
     """Multi-head attention with separate ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` linears.
 
+    Adapter files of a model holding it record the layout ``split_attention``
+    (:data:`moram.atoms.state.LAYOUTS`), so they load into the plain model in one call.
+
     Equivalent to the module it replaces, with that module's calling convention: with
     ``mha_api=True`` (from ``nn.MultiheadAttention``) ``forward(query, key, value, ...)`` returns
     ``(output, weights or None)``; with ``mha_api=False`` (from open_clip's ``Attention``)
@@ -70,6 +73,8 @@ class SplitAttention(nn.Module):
         >>> torch.allclose(split(x, x, x)[0], mha(x, x, x)[0], atol=1e-6)
         True
     """
+
+    moram_layout = "split_attention"
 
     def __init__(
         self, embed_dim: int, num_heads: int, *, kdim: int | None = None, vdim: int | None = None,
@@ -267,6 +272,8 @@ class SplitAttentionPool2d(nn.Module):
     The original passes the projection weights to ``F.multi_head_attention_forward``, so adapters on
     ``q_proj``/``k_proj``/``v_proj``/``c_proj`` would never act.
     """
+
+    moram_layout = "split_attention"
 
     def __init__(self, pool: Any) -> None:
         super().__init__()
