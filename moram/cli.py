@@ -45,7 +45,8 @@ from moram.run_folder import RunFolderConfig
 
 TRACEBACK_ENV = "MORAM_TRACEBACK"
 LOG_NAME = "lightning_logs"
-CSV_LOGGER = "moram.loggers.CSVLogger"
+CSV_LOGGER = "moram.loggers.AppendingCSVLogger"
+_LIGHTNING_CSV = ("CSVLogger", "lightning")  # first part of the class path of Lightning's CSV logger, replaced
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -284,12 +285,12 @@ class MoramCLI(LightningCLI):
         if logger is None or logger is True:  # Lightning's default, without its tensorboardX notice
             logger = Namespace(class_path=CSV_LOGGER, init_args=Namespace(save_dir=str(root), name=LOG_NAME))
             trainer.logger = logger
-        elif _class_name(logger) == "CSVLogger" and str(logger.get("class_path")).startswith("lightning."):
+        elif _class_name(logger) == "CSVLogger" and str(logger.get("class_path")).split(".")[0] in _LIGHTNING_CSV:
             logger.class_path = CSV_LOGGER  # same options; appends to metrics.csv instead of deleting it
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path:
             return
-        folder_logger = _class_name(logger) in ("CSVLogger", "TensorBoardLogger") and logger.get("init_args")
+        folder_logger = _class_name(logger) in ("AppendingCSVLogger", "TensorBoardLogger") and logger.get("init_args")
         log_root = root / LOG_NAME
         if folder_logger:
             args = logger.init_args

@@ -13,7 +13,7 @@ the run folder this logger created is removed again, so failed starts leave no e
 
 Example::
 
-    trainer = Trainer(logger=moram.loggers.CSVLogger("runs", name="lightning_logs"))
+    trainer = Trainer(logger=moram.loggers.AppendingCSVLogger("runs", name="lightning_logs"))
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class _AppendingWriter(ExperimentWriter):
         """Keep what the folder holds (Lightning deletes ``metrics.csv`` here)."""
 
 
-class CSVLogger(_LightningCSVLogger):
+class AppendingCSVLogger(_LightningCSVLogger):
     """Lightning's ``CSVLogger`` (same options) that appends to a run's ``metrics.csv`` (module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -11,7 +11,7 @@ wrote: ``config.yaml``, ``metrics.csv``, ``continual_metrics*.json``, ``checkpoi
   data options (:func:`data_differences`). Other runs are skipped, never touched; when none
   qualifies the command fails with one line saying why each run was skipped (:func:`select_run`).
 * A finished run is never resumed, whether named by ``last`` or by its file (:func:`finished_run`).
-* A resumed run appends: ``metrics.csv`` keeps its rows (:class:`moram.loggers.CSVLogger`), the
+* A resumed run appends: ``metrics.csv`` keeps its rows (:class:`moram.loggers.AppendingCSVLogger`), the
   first ``config.yaml`` stays, a resumed config that differs is stored beside it as
   ``config_resumed_K.yaml``, and ``history.jsonl`` gets one line per start or resume (the
   :class:`moram.callbacks.run_folder.RunFolderCallback`).
