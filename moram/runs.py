@@ -75,10 +75,14 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def stored_data_options(run_dir: Path) -> dict[str, Any] | None:
-    """The ``data`` options a run folder's ``config.yaml`` stored (flat, dotted), None without one."""
+    """The ``data`` options a run folder's newest config stored (flat, dotted), None without one.
+
+    The newest config is the last ``config_resumed_K.yaml`` a resume wrote, else ``config.yaml``.
+    """
     import yaml
 
-    path = run_dir / CONFIG_FILE
+    resumed = sorted(run_dir.glob("config_resumed_*.yaml"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    path = resumed[-1] if resumed else run_dir / CONFIG_FILE
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError):

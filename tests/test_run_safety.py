@@ -154,3 +154,17 @@ def test_truncated_checkpoint_is_one_line_and_touches_nothing(monkeypatch, capsy
     code, _, err = run_entry(monkeypatch, capsys, fit_args(tmp_path, tiny_config, "--ckpt_path", "last"))
     assert code == 2
     assert "version_0: unreadable checkpoint" in err, err
+
+
+def test_the_newest_stored_config_is_what_a_resume_is_compared_with(tmp_path):
+    from moram.runs import data_differences, stored_data_options
+
+    (tmp_path / "config.yaml").write_text("data:\n  init_args:\n    batch_size: 4\n    num_workers: 0\n")
+    assert stored_data_options(tmp_path) == {"batch_size": 4, "num_workers": 0}
+    for k, size in ((2, 8), (10, 16)):  # config_resumed_10 is newer than config_resumed_2
+        (tmp_path / f"config_resumed_{k}.yaml").write_text(f"data:\n  init_args:\n    batch_size: {size}\n")
+    stored = stored_data_options(tmp_path)
+    assert stored == {"batch_size": 16}
+    assert data_differences(stored, {"batch_size": 16, "num_workers": 4, "seed": 1}) == {}  # only one side: skipped
+    assert data_differences(stored, {"batch_size": 8}) == {"batch_size": (16, 8)}
+    assert data_differences({"x.num_workers": 0}, {"x.num_workers": 2}) == {}  # changes nothing a run learns
