@@ -179,8 +179,9 @@ _PARSER_KEY = re.compile(r'^(\s*)(?:- )?Parser key "([^"]+)":\s*(.*)$')
 def parser_error_line(message: str) -> str:
     r"""The nested report jsonargparse gives of a bad option, as one line: the option's dotted name and the reason.
 
-    >>> parser_error_line('Parser key "model":\\n  Errors:\\n    - Problem with given class_path \\'m.M\\':\\n'
-    ...                   '        Parser key "lr":\\n          Expected a <class \\'float\\'>. Got value: abc')
+    >>> report = ['Parser key "model":', '  Errors:', "    - Problem with given class_path 'm.M':",
+    ...           '        Parser key "lr":', "          Expected a <class 'float'>. Got value: abc"]
+    >>> parser_error_line(chr(10).join(report))
     '--model.lr: expected a float, got value: abc'
     """
     lines = message.splitlines()
