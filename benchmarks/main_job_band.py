@@ -14,10 +14,11 @@ from pathlib import Path
 FIGURES = ("last", "bwt", "average", "transfer", "zero_shot")
 
 
-def figures(run: Path) -> dict[str, float]:
+def figures(run: Path) -> dict[str, float] | None:
+    """The run's headline figures, None while it has not finished."""
     data = json.loads(next(run.rglob("continual_metrics.json")).read_text())
     if not data.get("finished"):
-        raise SystemExit(f"{run}: the run did not finish")
+        return None
     return {"last": data["acc"], "bwt": data["bwt"], "average": data["average"]["mean"],
             "transfer": data["transfer"]["mean"], "zero_shot": statistics.mean(data["zero_shot"])}
 
@@ -31,7 +32,10 @@ def resources(log: Path) -> str:
 
 def main(out: Path) -> None:
     runs = sorted(p for p in out.iterdir() if p.is_dir() and any(p.rglob("continual_metrics.json")))
-    table = {run.name: figures(run) for run in runs}
+    found = {run.name: figures(run) for run in runs}
+    table = {name: f for name, f in found.items() if f is not None}
+    for name in sorted(set(found) - set(table)):
+        print(f"({name}: not finished, left out)")
     print("| run | Last | BWT | Average | Transfer | zero-shot | user CPU | peak RSS |")
     print("|---|---|---|---|---|---|---|---|")
     for name, f in table.items():
