@@ -172,7 +172,7 @@ def set_checkpointing(model: nn.Module, towers: Sequence[str]) -> None:
     if visual is not None and hasattr(getattr(visual, "transformer", None), "grad_checkpointing"):
         visual.transformer.grad_checkpointing = "image" in towers
     text: Any = getattr(model, "text", None)
-    hf = getattr(text, "transformer", None)
+    hf: Any = getattr(text, "transformer", None)
     if hasattr(hf, "gradient_checkpointing_enable"):  # CustomTextCLIP with a Hugging Face encoder
         new_api = hasattr(hf, "activation_checkpointing_enable")  # transformers >= 5
         if "text" in towers and new_api:
