@@ -36,9 +36,10 @@ is returned to the system when freed: the resident set then follows the live ten
 
 The parent watches every child's resident set (``/proc/PID/status``, every 0.1 s) and kills it past
 ``--limit-gb``; it starts a child only while ``MemAvailable`` exceeds that limit plus 2 GB. A killed
-configuration is reported as such. ``--scale s`` multiplies the images and prompts (activations grow
-linearly with both), for machines that cannot hold the full step: the README's table says which rows
-were measured at full size.
+configuration is reported as such. ``--scale s`` multiplies the images, the prompts and the prompt
+chunk, so that every activation term scales by s, for machines that cannot hold or run the full step:
+``--extrapolate`` fits ``a + b·s`` per configuration through the scales in ``--out`` files and prints
+the full-size (s = 1) values; the README says which values were measured and which extrapolated.
 
 Run::
 
@@ -81,7 +82,7 @@ TINY = {  # the tests' tiny CLIP with two blocks per tower (plumbing check only)
 
 
 # ---------------------------------------------------------------------------- the model
-def build_xtail(checkpointing: bool, chunk: int | None, tiny: bool = False) -> tuple[Any, nn.Module, Any]:
+def build_xtail(checkpointing: bool, chunk: int | None, tiny: bool = False) -> tuple[Any, Any, Any]:
     """``(backbone, model, atom_config)``: the X-TAIL model of ``configs/clip_xtail.yaml`` with random weights.
 
     Nine finished tasks are consolidated (values drawn small and non-zero, as trained values are) and
@@ -135,7 +136,7 @@ def resident_split(model: nn.Module) -> dict[str, int]:
 
     atom_ids: set[int] = set()
     for _, layer in continual_layers(model):
-        bank = getattr(layer, "bank", layer)
+        bank: Any = getattr(layer, "bank", layer)
         atom_ids.update(id(t) for t in [*bank.parameters(), *bank.buffers()])
     tensors = [*model.parameters(), *model.buffers()]
     return {"weights": tensor_bytes([t for t in tensors if id(t) not in atom_ids]),
@@ -195,6 +196,7 @@ def run_child(name: str, scale: float, chunk: int, tiny: bool) -> dict[str, Any]
 
     cfg = parse_config(name)
     torch.set_num_threads(1)
+    chunk = max(1, round(chunk * scale))  # scaled with the prompts: every term of the step scales alike
     backbone, model, _ = build_xtail(cfg["ckpt"], chunk if cfg["chunk"] else None, tiny)
     size = 16 if tiny else 224
     train = cfg["phase"] == "train"
@@ -210,7 +212,7 @@ def run_child(name: str, scale: float, chunk: int, tiny: bool) -> dict[str, Any]
     params = [p for _, layer in continual_layers(model) for p in layer.current_parameters()]
     if {id(p) for p in params} != {id(p) for p in model.parameters() if p.requires_grad}:
         raise RuntimeError("only the current atoms may require grad")
-    record: dict[str, Any] = {"config": name, **cfg, "images": images_n, "prompts": prompts_n,
+    record: dict[str, Any] = {"config": name, **cfg, "images": images_n, "prompts": prompts_n, "scale": scale,
                               "prompt_chunk": chunk if cfg["chunk"] else None, **resident_split(model)}
     resident = [*model.parameters(), *model.buffers()]
     if train:
@@ -320,34 +322,79 @@ def table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--configs", default=",".join(CONFIGS),
-                        help=f"comma-separated, measured in this order; from {list(CONFIGS)}")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply images and prompts (1.0: the config's)")
-    parser.add_argument("--chunk", type=int, default=64, help="prompts per chunk of the *-chunk variants (64)")
-    parser.add_argument("--limit-gb", type=float, default=13.0, help="kill a child whose RSS passes this (13)")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="kill a child running longer (s)")
-    parser.add_argument("--tiny", action="store_true", help="the tests' tiny CLIP instead of ViT-B-16")
-    parser.add_argument("--out", type=Path, default=None, help="append every record as a JSON line to this file")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.chunk < 1 or args.scale <= 0 or args.limit_gb <= 0:
-        parser.error("--chunk, --scale and --limit-gb must be positive")
-    if args.child is not None:
-        print(json.dumps(run_child(args.child, args.scale, args.chunk, args.tiny)), flush=True)
-        return []
-    names = [n for n in args.configs.split(",") if n]
-    for n in names:
-        try:
-            parse_config(n)
-        except ValueError as err:
-            parser.error(str(err))
-    limit = int(args.limit_gb * GIB)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
-    print(f"torch {torch.__version__}, CPU, 1 thread, {'tiny CLIP' if args.tiny else 'ViT-B-16 (QuickGELU)'}, "
-          f"144 routed layers, r = 16, N = 160 atoms per layer, scale {args.scale}, chunk {args.chunk}, "
-          f"child RSS limit {args.limit_gb} GB", flush=True)
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares ``(a, b)`` of ``y = a + b·s`` through ``(s, y)`` points of at least two scales."""
+    n = len(points)
+    ms = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    var = sum((p[0] - ms) ** 2 for p in points)
+    b = sum((p[0] - ms) * (p[1] - my) for p in points) / var
+    return my - b * ms, b
+
+
+EXTRAPOLATED = ("activations_rss", "saved_for_backward", "cpu_s")
+
+
+def extrapolate(records: list[dict[str, Any]], to: float = 1.0) -> list[dict[str, Any]]:
+    """Per configuration measured at two or more scales: the fitted values at scale ``to``.
+
+    Each returned record is the largest-scale record with ``EXTRAPOLATED`` fields replaced by the fit at
+    ``to`` and ``images``/``prompts`` at that scale; ``scales`` lists the measured ones, and with three
+    or more scales ``check`` holds the relative error of the largest one predicted from the others.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if not r.get("killed") and "scale" in r:
+            groups.setdefault(r["config"], []).append(r)
+    out = []
+    for rs in groups.values():
+        scales = sorted({r["scale"] for r in rs})
+        if len(scales) < 2:
+            continue
+        top = max(rs, key=lambda r: r["scale"])
+        fitted = {**top, "scales": scales, "extrapolated": True}
+        fitted["images"] = round(top["images"] / top["scale"] * to)
+        fitted["prompts"] = round(top["prompts"] / top["scale"] * to)
+        if top["prompt_chunk"]:
+            fitted["prompt_chunk"] = round(top["prompt_chunk"] / top["scale"] * to)
+        for key in EXTRAPOLATED:
+            a, b = _fit([(r["scale"], r[key]) for r in rs])
+            fitted[key] = a + b * to
+        fitted["rss_peak"] = top["rss_before"] + fitted["activations_rss"]
+        if len(scales) >= 3:
+            a, b = _fit([(r["scale"], r["activations_rss"]) for r in rs if r["scale"] != scales[-1]])
+            fitted["check"] = (a + b * scales[-1]) / top["activations_rss"] - 1
+        out.append(fitted)
+    return out
+
+
+def gpu_estimate(r: dict[str, Any]) -> float:
+    """Bytes a CUDA device would hold at the step's peak, from a CPU record (see the README).
+
+    Tensors only: the weights, atoms and AdamW moments resident, plus the activations the step added
+    at its peak (measured as RSS growth, which also holds the gradients of the current atoms). The CUDA
+    context and the caching allocator's slack are added in the README's estimate, not here.
+    """
+    return r["weights"] + r["atoms"] + r["optimizer"] + r["activations_rss"]
+
+
+def print_extrapolated(files: Sequence[Path]) -> list[dict[str, Any]]:
+    """Print the measured records of ``files`` and their fit at scale 1; returns the fitted records."""
+    records = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+    fitted = extrapolate(records)
+    print("measured (every scale):\n")
+    print(table(sorted(records, key=lambda r: (r.get("scale", 1.0), CONFIGS.index(r["config"])))))
+    print("\nextrapolated to the config's size (a + b·scale through the measured scales):\n")
+    print(table(fitted))
+    print()
+    for r in fitted:
+        check = f", largest scale predicted from the others within {r['check']:+.1%}" if "check" in r else ""
+        print(f"{r['config']}: scales {r['scales']}; tensors at the peak {gib(gpu_estimate(r))} GiB{check}")
+    return fitted
+
+
+def measure_all(names: list[str], args: argparse.Namespace, limit: int, env: dict[str, str]) -> list[dict[str, Any]]:
+    """Measure each configuration in its own watched child process; returns the records."""
     records: list[dict[str, Any]] = []
     for name in names:
         while mem_available() < limit + 2 * GIB:
@@ -375,6 +422,43 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         if args.out is not None:
             with args.out.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+    return records
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help=f"comma-separated, measured in this order; from {list(CONFIGS)}")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply images and prompts (1.0: the config's)")
+    parser.add_argument("--chunk", type=int, default=64, help="prompts per chunk of the *-chunk variants (64)")
+    parser.add_argument("--limit-gb", type=float, default=13.0, help="kill a child whose RSS passes this (13)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="kill a child running longer (s)")
+    parser.add_argument("--tiny", action="store_true", help="the tests' tiny CLIP instead of ViT-B-16")
+    parser.add_argument("--out", type=Path, default=None, help="append every record as a JSON line to this file")
+    parser.add_argument("--extrapolate", type=Path, nargs="+", default=None,
+                        help="JSON-lines files written by --out: fit each configuration over its scales and print "
+                             "the table at scale 1 (no measuring)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.chunk < 1 or args.scale <= 0 or args.limit_gb <= 0:
+        parser.error("--chunk, --scale and --limit-gb must be positive")
+    if args.child is not None:
+        print(json.dumps(run_child(args.child, args.scale, args.chunk, args.tiny)), flush=True)
+        return []
+    if args.extrapolate is not None:
+        return print_extrapolated(args.extrapolate)
+    names = [n for n in args.configs.split(",") if n]
+    for n in names:
+        try:
+            parse_config(n)
+        except ValueError as err:
+            parser.error(str(err))
+    limit = int(args.limit_gb * GIB)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    print(f"torch {torch.__version__}, CPU, 1 thread, {'tiny CLIP' if args.tiny else 'ViT-B-16 (QuickGELU)'}, "
+          f"144 routed layers, r = 16, N = 160 atoms per layer, scale {args.scale}, chunk {args.chunk}, "
+          f"child RSS limit {args.limit_gb} GB", flush=True)
+    records = measure_all(names, args, limit, env)
     print()
     print(table(records))
     return records

@@ -83,3 +83,21 @@ def test_bad_configuration_is_refused():
         bench_memory.main(["--configs", "train-fp16"])
     with pytest.raises(ValueError, match="unknown configuration"):
         bench_memory.parse_config("train-fp32-ckpt-twice")
+
+
+def test_extrapolation_fits_a_line_per_configuration_and_checks_it():
+    base = {"config": "train-fp32", "phase": "train", "dtype": "fp32", "ckpt": False, "chunk": False,
+            "prompt_chunk": None, "weights": 10, "atoms": 5, "grads": 1, "optimizer": 2, "rss_before": 100}
+    records = [{**base, "scale": s, "images": round(64 * s), "prompts": round(397 * s),
+                "activations_rss": 7 + 40 * s + (1 if s == 0.5 else 0), "saved_for_backward": 3 + 30 * s,
+                "cpu_s": 80 * s, "rss_peak": 0} for s in (0.125, 0.25, 0.5)]
+    records.append({**base, "config": "train-fp32-ckpt", "ckpt": True, "scale": 0.25, "images": 16, "prompts": 99,
+                    "activations_rss": 1, "saved_for_backward": 1, "cpu_s": 1, "rss_peak": 0})  # one scale: no fit
+    [fitted] = bench_memory.extrapolate(records)
+    assert fitted["config"] == "train-fp32"
+    assert (fitted["images"], fitted["prompts"], fitted["scales"]) == (64, 397, [0.125, 0.25, 0.5])
+    assert fitted["saved_for_backward"] == pytest.approx(33)
+    assert fitted["cpu_s"] == pytest.approx(80)
+    assert fitted["rss_peak"] == 100 + fitted["activations_rss"]
+    assert fitted["check"] == pytest.approx((7 + 40 * 0.5) / (7 + 40 * 0.5 + 1) - 1)  # 0.5 from 0.125 and 0.25
+    assert bench_memory.gpu_estimate(fitted) == 10 + 5 + 2 + fitted["activations_rss"]
