@@ -353,8 +353,9 @@ def extrapolate(records: list[dict[str, Any]], to: float = 1.0) -> list[dict[str
             continue
         top = max(rs, key=lambda r: r["scale"])
         fitted = {**top, "scales": scales, "extrapolated": True}
-        fitted["images"] = round(top["images"] / top["scale"] * to)
-        fitted["prompts"] = round(top["prompts"] / top["scale"] * to)
+        train = top["phase"] == "train"
+        fitted["images"] = round((64 if train else 256) * to)
+        fitted["prompts"] = round((397 if train else 1100) * to)
         if top["prompt_chunk"]:
             fitted["prompt_chunk"] = round(top["prompt_chunk"] / top["scale"] * to)
         for key in EXTRAPOLATED:
