@@ -166,20 +166,46 @@ def reset_peak_rss() -> bool:
 @contextlib.contextmanager
 def count_saved(exclude: Sequence[Tensor]) -> Iterator[list[int]]:
     """Bytes of the tensors saved for backward in the block (each storage once, ``exclude`` left out)."""
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: set[int] = set()
+    from torch.multiprocessing.reductions import StorageWeakRef  # storage identity, also of fake tensors
+
+    skip = {StorageWeakRef(t.untyped_storage()) for t in exclude}
+    seen: set[Any] = set()
     total = [0]
 
     def pack(t: Tensor) -> Tensor:
         storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in skip and ptr not in seen:
-            seen.add(ptr)
+        ref = StorageWeakRef(storage)
+        if ref not in skip and ref not in seen:
+            seen.add(ref)
             total[0] += storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield total
+
+
+def fake_model(model: nn.Module) -> Any:
+    """Replace every parameter and buffer of ``model`` by a fake tensor (shape, dtype, no data); returns the mode.
+
+    Under the returned ``FakeTensorMode`` the step runs without computing anything, so the tensors it
+    saves for backward can be counted at any size in seconds, in any dtype. Shared tensors stay shared.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    memo: dict[int, Tensor] = {}
+    for module in model.modules():
+        for name, t in list(module._parameters.items()):
+            if t is not None:
+                if id(t) not in memo:
+                    memo[id(t)] = nn.Parameter(mode.from_tensor(t), requires_grad=t.requires_grad)
+                module._parameters[name] = memo[id(t)]  # type: ignore[assignment]
+        for name, buf in list(module._buffers.items()):
+            if buf is not None:
+                if id(buf) not in memo:
+                    memo[id(buf)] = mode.from_tensor(buf)
+                module._buffers[name] = memo[id(buf)]
+    return mode
 
 
 def parse_config(name: str) -> dict[str, Any]:
@@ -189,8 +215,12 @@ def parse_config(name: str) -> dict[str, Any]:
     return {"phase": parts[0], "dtype": parts[1], "ckpt": "ckpt" in parts, "chunk": "chunk" in parts}
 
 
-def run_child(name: str, scale: float, chunk: int, tiny: bool) -> dict[str, Any]:
-    """Measure one configuration in this process; returns the record (see the module docstring)."""
+def run_child(name: str, scale: float, chunk: int, tiny: bool, fake: bool = False) -> dict[str, Any]:
+    """Measure one configuration in this process; returns the record (see the module docstring).
+
+    ``fake``: count the tensors saved for backward of a training step under fake tensors (no compute, no
+    RSS or time): exact at any size, the check of the scaled measurements.
+    """
     from moram.backbones.clip.loss import clip_class_loss
     from moram.protocols import continual_layers
 
@@ -227,6 +257,15 @@ def run_child(name: str, scale: float, chunk: int, tiny: bool) -> dict[str, Any]
     else:
         model.eval()
         record["grads"] = record["optimizer"] = 0
+    if fake:
+        if not train:
+            raise ValueError("--fake counts what a training step saves for backward; evaluation saves nothing")
+        mode = fake_model(model)
+        with mode, count_saved([*model.parameters(), *model.buffers()]) as saved, cast:
+            text = backbone._encode_text(model, mode.from_tensor(tokens))
+            image = backbone._encode_image(model, mode.from_tensor(images))
+            clip_class_loss(image, text, mode.from_tensor(labels), model.logit_scale.exp())
+        return {**record, "fake": True, "saved_for_backward": saved[0]}
     before = _status()["VmRSS"]
     record["reset_peak"] = reset_peak_rss()
     wall, cpu = time.perf_counter(), time.process_time()
@@ -304,6 +343,7 @@ def table(records: list[dict[str, Any]]) -> str:
     head = ["configuration", "images × prompts", "weights", "atoms", "grads + AdamW", "saved for backward",
             "activations (RSS)", "peak RSS", "CPU s / step", "× plain (time)", "× plain (activations)"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
+    records = [r for r in records if not r.get("fake")]
     plain = {(r["phase"], r["dtype"], r["images"]): r for r in records
              if not r.get("killed") and not r["ckpt"] and not r["chunk"]}
     for r in records:
@@ -319,6 +359,22 @@ def table(records: list[dict[str, Any]]) -> str:
                      f"{r['cpu_s'] / base['cpu_s']:.2f}" if base else "—",
                      f"{r['activations_rss'] / base['activations_rss']:.2f}" if base else "—"]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fake_table(records: list[dict[str, Any]]) -> str:
+    """Bytes saved for backward counted under fake tensors, per configuration, and the ratio to the plain one."""
+    rows = [r for r in records if r.get("fake")]
+    plain = {(r["dtype"], r["images"]): r for r in rows if not r["ckpt"] and not r["chunk"]}
+    lines = ["| configuration | images × prompts | weights | atoms | grads + AdamW | saved for backward | × plain |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        base = plain.get((r["dtype"], r["images"]))
+        ratio = f"{r['saved_for_backward'] / base['saved_for_backward']:.3f}" if base else "—"
+        chunk = f" ({r['prompt_chunk']})" if r["prompt_chunk"] else ""
+        lines.append(f"| {r['config']}{chunk} | "
+                     f"{r['images']} × {r['prompts']} | {gib(r['weights'])} | {gib(r['atoms'])} | "
+                     f"{gib(r['grads'] + r['optimizer'])} | {gib(r['saved_for_backward'])} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -344,7 +400,7 @@ def extrapolate(records: list[dict[str, Any]], to: float = 1.0) -> list[dict[str
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        if not r.get("killed") and "scale" in r:
+        if not r.get("killed") and not r.get("fake") and "scale" in r:
             groups.setdefault(r["config"], []).append(r)
     out = []
     for rs in groups.values():
@@ -402,7 +458,7 @@ def measure_all(names: list[str], args: argparse.Namespace, limit: int, env: dic
             print(f"waiting: {gib(mem_available())} GiB available, need {gib(limit + 2 * GIB)}", flush=True)
             time.sleep(30)
         cmd = [sys.executable, __file__, "--child", name, "--scale", str(args.scale), "--chunk", str(args.chunk),
-               *(["--tiny"] if args.tiny else [])]
+               *(["--tiny"] if args.tiny else []), *(["--fake"] if args.fake else [])]
         code, out, seen = watch(cmd, limit, env, args.timeout)
         lines = [line for line in out.splitlines() if line.startswith("{")]
         if code == -9 or not lines:
@@ -417,8 +473,11 @@ def measure_all(names: list[str], args: argparse.Namespace, limit: int, env: dic
         else:
             record = json.loads(lines[-1])
             record["rss_seen"] = seen
-            print(f"{name}: peak RSS {gib(record['rss_peak'])} GiB, activations {gib(record['activations_rss'])} "
-                  f"GiB, {record['cpu_s']:.1f} CPU s", flush=True)
+            if record.get("fake"):
+                print(f"{name}: saved for backward {gib(record['saved_for_backward'])} GiB (fake tensors)", flush=True)
+            else:
+                print(f"{name}: peak RSS {gib(record['rss_peak'])} GiB, activations {gib(record['activations_rss'])} "
+                      f"GiB, {record['cpu_s']:.1f} CPU s", flush=True)
         records.append(record)
         if args.out is not None:
             with args.out.open("a") as f:
@@ -439,12 +498,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--extrapolate", type=Path, nargs="+", default=None,
                         help="JSON-lines files written by --out: fit each configuration over its scales and print "
                              "the table at scale 1 (no measuring)")
+    parser.add_argument("--fake", action="store_true",
+                        help="train-* only: count the bytes saved for backward under fake tensors (no compute: "
+                             "exact at full size in seconds; no RSS, no time)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.chunk < 1 or args.scale <= 0 or args.limit_gb <= 0:
         parser.error("--chunk, --scale and --limit-gb must be positive")
     if args.child is not None:
-        print(json.dumps(run_child(args.child, args.scale, args.chunk, args.tiny)), flush=True)
+        print(json.dumps(run_child(args.child, args.scale, args.chunk, args.tiny, args.fake)), flush=True)
         return []
     if args.extrapolate is not None:
         return print_extrapolated(args.extrapolate)
@@ -461,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
           f"child RSS limit {args.limit_gb} GB", flush=True)
     records = measure_all(names, args, limit, env)
     print()
-    print(table(records))
+    print(fake_table(records) if args.fake else table(records))
     return records
 
 
