@@ -435,6 +435,47 @@ def gpu_estimate(r: dict[str, Any]) -> float:
     return r["weights"] + r["atoms"] + r["optimizer"] + r["activations_rss"]
 
 
+OPTIONS = ("", "-ckpt", "-chunk", "-ckpt-chunk")
+
+
+def summary(records: list[dict[str, Any]]) -> str:
+    """The full-size training table from fake counts (exact) and fp32 measurements at two or more scales.
+
+    Per option: fp32 activations are the RSS fit at scale 1; bf16 activations are estimated as the bf16
+    bytes saved for backward (fake, exact) plus the fp32 transient (activations minus saved, at scale 1)
+    times the plain step's bf16/fp32 ratio of saved bytes; the peak of tensors adds weights, atoms and
+    AdamW moments (the gradients are inside the activations); the time cost is the fp32 CPU time per
+    step over the plain one's at the largest measured scale.
+    """
+    fake = {r["config"]: r for r in records if r.get("fake") and r.get("scale", 1.0) == 1.0}
+    fitted = {r["config"]: r for r in extrapolate(records)}
+    measured = [r for r in records if not r.get("fake") and not r.get("killed")]
+    if "train-fp32" not in fake or "train-bf16" not in fake or "train-fp32" not in fitted:
+        return "(the summary needs fake counts of train-fp32 and train-bf16 and train-fp32 at two scales)"
+    ratio = fake["train-bf16"]["saved_for_backward"] / fake["train-fp32"]["saved_for_backward"]
+    head = ["option", "fp32 saved (exact)", "fp32 activations (fit)", "fp32 peak of tensors", "bf16 saved (exact)",
+            "bf16 activations (est.)", "bf16 peak of tensors (est.)", "× plain (fp32 CPU time)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for option in OPTIONS:
+        f32, b16 = fake.get(f"train-fp32{option}"), fake.get(f"train-bf16{option}")
+        fit = fitted.get(f"train-fp32{option}")
+        if f32 is None or fit is None:
+            continue
+        resident = fit["weights"] + fit["atoms"] + fit["optimizer"]
+        transient = fit["activations_rss"] - f32["saved_for_backward"]
+        bf16_act = None if b16 is None else b16["saved_for_backward"] + max(transient, 0) * ratio
+        scale = max(r["scale"] for r in measured if r["config"] == f"train-fp32{option}")
+        times = {r["config"]: r["cpu_s"] for r in measured if r["scale"] == scale}
+        cost = times.get(f"train-fp32{option}", 0) / times["train-fp32"] if "train-fp32" in times else None
+        name = {"": "none", "-ckpt": "checkpointing", "-chunk": "prompt chunks", "-ckpt-chunk": "both"}[option]
+        lines.append("| " + " | ".join([
+            name, gib(f32["saved_for_backward"]), gib(fit["activations_rss"]), gib(resident + fit["activations_rss"]),
+            gib(None if b16 is None else b16["saved_for_backward"]), gib(bf16_act),
+            gib(None if bf16_act is None else resident + bf16_act),
+            "—" if cost is None else f"{cost:.2f} (at {scale:g})"]) + " |")
+    return "\n".join(lines)
+
+
 def print_extrapolated(files: Sequence[Path]) -> list[dict[str, Any]]:
     """Print the measured records of ``files`` and their fit at scale 1; returns the fitted records."""
     records = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
