@@ -171,3 +171,13 @@ def test_fit_with_both_options_ends_with_the_same_atoms(tmp_path, tiny_config):
         torch.testing.assert_close(v2, v, rtol=1e-4, atol=1e-6)
     assert metrics2["matrix"] == metrics["matrix"]
     assert metrics2["zero_shot"] == metrics["zero_shot"]
+
+
+def test_a_backbone_pickled_before_the_options_reads_them_as_off():
+    """Checkpoints pickle the backbone among the hyperparameters; older ones lack the two options."""
+    state = CLIPBackbone(model_config="moram-tiny-minilm").__getstate__()
+    del state["checkpointing"], state["prompt_chunk"]
+    old = CLIPBackbone.__new__(CLIPBackbone)
+    old.__setstate__(state)
+    assert old.prompt_chunk is None
+    assert list(old.checkpointing) == []

@@ -75,6 +75,9 @@ class CLIPBackbone(Backbone):
     """
 
     views = _VIEW_PREFIX
+    # defaults for backbones pickled before these options existed (older checkpoints' hyperparameters)
+    checkpointing: list[str] | tuple[str, ...] = ()
+    prompt_chunk: int | None = None
 
     def __init__(
         self,
