@@ -488,6 +488,8 @@ def print_extrapolated(files: Sequence[Path]) -> list[dict[str, Any]]:
     for r in fitted:
         check = f", largest scale predicted from the others within {r['check']:+.1%}" if "check" in r else ""
         print(f"{r['config']}: scales {r['scales']}; tensors at the peak {gib(gpu_estimate(r))} GiB{check}")
+    print("\ntraining step at the config's size (GiB):\n")
+    print(summary(records))
     return fitted
 
 
