@@ -50,6 +50,60 @@ METHODS = ("routed", "lora_n", "peft_n", "lora_r", "frozen")
 HEADERS = {"routed": "routed", "lora_n": "LoRA-N", "peft_n": "peft LoRA-N", "lora_r": "LoRA-r", "frozen": "frozen"}
 
 
+def floor_ratio(d: int, n_atoms: int, mode: str, k: int = RANK, r: int = RANK) -> float:
+    """The arithmetic floor of routed / LoRA-N: multiply-adds per token, routed at its least against LoRA-N.
+
+    fwd+bwd: ``(2d² + 2dN + 2dk + 2dr) / (2d² + 6dN)`` (base forward and input gradient; keys forward and
+    input gradient; the k selected values forward and their coefficients' gradient; the r current
+    atoms' weight gradients) against LoRA-N's base plus three products of width N each way. Inference:
+    ``(d² + dN + dk) / (d² + 2dN)``. Top-k, norm, softmax and gathers count nothing here.
+    """
+    if mode == "inference":
+        return (d * d + d * n_atoms + d * k) / (d * d + 2 * d * n_atoms)
+    return (2 * d * d + 2 * d * n_atoms + 2 * d * k + 2 * d * r) / (2 * d * d + 6 * d * n_atoms)
+
+
+FLOOR_TARGET = 1.1
+"""The issue's bound on (routed / LoRA-N) / floor at N = 160 and 640."""
+
+# Profile categories of the routed layer's operators (``--profile``).
+_GEMM = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::linear", "aten::matmul"}
+_TOPK = {"aten::topk", "aten::sort", "aten::kthvalue"}
+
+
+def _category(name: str) -> str | None:
+    if not name.startswith("aten::") or name in {"aten::t", "aten::view", "aten::reshape", "aten::transpose",
+                                                 "aten::expand", "aten::as_strided", "aten::slice",
+                                                 "aten::select", "aten::empty", "aten::unsqueeze", "aten::squeeze",
+                                                 "aten::detach", "aten::alias", "aten::resolve_conj",
+                                                 "aten::_reshape_alias", "aten::empty_strided", "aten::clone",
+                                                 "aten::contiguous", "aten::to", "aten::_to_copy", "aten::narrow"}:
+        return None if name != "aten::clone" else "routing (elementwise, gather, scatter, copies)"
+    if name in _GEMM:
+        return "matrix products (base, keys, values, gradients)"
+    if name in _TOPK:
+        return "top-k"
+    if "embedding_bag" in name:
+        return "embedding_bag (frozen value sums)"
+    return "routing (elementwise, gather, scatter, copies)"
+
+
+def profile_routed(layer: nn.Module, step: Callable[[], None], repeats: int = 5) -> dict[str, float]:
+    """Self CPU time (ms per call) of the routed step's operators by category (``torch.profiler``, one thread)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            step()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        category = _category(event.key)
+        if category is not None:
+            totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total / 1e3 / repeats
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
 def target(n_atoms: int) -> float | None:
     """The issue's bound on routed / LoRA-N at N atoms (same in training and inference); None: no target."""
     if n_atoms <= RANK:
@@ -270,7 +324,7 @@ def step_memory(module: nn.Module, step: Callable[[], None], device: str) -> int
 
 def measure(
     n_atoms: int, d: int, shape: tuple[int, ...], warmup: int, repeats: int, clock: Callable[[], float],
-    device: str = "cpu", with_peft: bool = True,
+    device: str = "cpu", with_peft: bool = True, profile: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Median ms per method for fwd+bwd and inference, and the memory (bytes) of one training step."""
     layers = build_layers(d, n_atoms, device, with_peft)
@@ -283,13 +337,14 @@ def measure(
     train = {k: train_step(m, x, grad_out, device) for k, m in layers.items()}
     memory = {k: float(step_memory(layers[k], s, device)) for k, s in train.items()}
     times = median_ms(train, warmup, repeats, clock)
+    profiled = profile_routed(layers["routed"], train["routed"]) if profile else {}
     for layer in layers.values():
         layer.eval()
     routed = layers["routed"]
     assert isinstance(routed, AtomLinear)
     assert routed_count(routed, x.detach()) == n_atoms, "the trained current atoms must route at inference"
     infer = median_ms({k: infer_step(m, x.detach(), device) for k, m in layers.items()}, warmup, repeats, clock)
-    return {"fwd+bwd": times, "inference": infer, "memory": memory}
+    return {"fwd+bwd": times, "inference": infer, "memory": memory, "profile": profiled}
 
 
 # ---------------------------------------------------------------------------- tables
@@ -305,6 +360,8 @@ def ratio_rows(results: dict[tuple[int, int], dict[str, dict[str, float]]], mode
         row["routed/frozen"] = t["routed"] / t["frozen"]
         row["target"] = target(n)
         row["ok"] = None if row["target"] is None else row["routed/LoRA-N"] <= row["target"]
+        row["floor"] = floor_ratio(d, n, mode)
+        row["x floor"] = row["routed/LoRA-N"] / row["floor"]
         rows.append(row)
     return rows
 
@@ -315,14 +372,17 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def format_table(rows: list[dict[str, Any]], unit: str = "ms") -> str:
     methods = [m for m in METHODS if any(m in row for row in rows)]
+    floors = all("floor" in row for row in rows)
     head = ["d", "N", *(f"{HEADERS[m]} ({unit})" for m in methods),
-            "routed/LoRA-N", "target", "met", "routed/peft-N", "routed/LoRA-r", "routed/frozen"]
+            "routed/LoRA-N", "target", "met", "routed/peft-N", "routed/LoRA-r", "routed/frozen",
+            *(["floor", f"÷ floor (≤ {FLOOR_TARGET} at N = 160, 640)"] if floors else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for row in rows:
         met = "—" if row["ok"] is None else ("yes" if row["ok"] else "**no**")
         cells = [str(row["d"]), str(row["N"]), *(_fmt(row.get(m), ".2f") for m in methods),
                  _fmt(row["routed/LoRA-N"], ".2f"), "—" if row["target"] is None else f"≤ {row['target']}", met,
-                 *(_fmt(row[k], ".2f") for k in ("routed/peft-N", "routed/LoRA-r", "routed/frozen"))]
+                 *(_fmt(row[k], ".2f") for k in ("routed/peft-N", "routed/LoRA-r", "routed/frozen")),
+                 *([_fmt(row["floor"], ".3f"), _fmt(row["x floor"], ".3f")] if floors else [])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -367,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU time of the process (stable on a shared machine) or wall time; CUDA: always wall")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: bf16 autocast")
     parser.add_argument("--no-peft", action="store_true", help="leave out peft's LoRA-N")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print the routed fwd+bwd's operator time by category (torch.profiler)")
     parser.add_argument("--quick", action="store_true",
                         help="defaults that finish in minutes on one CPU core: --dims 768,3072 --atoms 16,160 "
                              "--repeats 5 --warmup 1 (explicit options still win)")
@@ -404,7 +466,8 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[int, int], dict[str, d
     results: dict[tuple[int, int], dict[str, dict[str, float]]] = {}
     for d in dims:
         for n in counts:
-            results[d, n] = measure(n, d, args.tokens, args.warmup, args.repeats, clock, args.device, not args.no_peft)
+            results[d, n] = measure(n, d, args.tokens, args.warmup, args.repeats, clock, args.device,
+                                    not args.no_peft, args.profile)
             print(f"measured d={d} N={n}", flush=True)
     print()
     for mode in MODES:
@@ -415,7 +478,26 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[int, int], dict[str, d
             else "tensors saved for backward + trainable params x 4 (param, grad, AdamW m, v)")
     print(f"**memory of one training step** (MiB; {what})\n")
     print(format_table(memory_rows(results), unit="MiB"))
+    if args.profile:
+        print("\n**routed fwd+bwd by operator** (torch.profiler self CPU ms per step; its own run, so the sum "
+              "differs from the median above)\n")
+        print(format_profile(results))
     return results
+
+
+def format_profile(results: dict[tuple[int, int], dict[str, dict[str, float]]]) -> str:
+    """One row per (d, N): ms per category, its share, and routed / LoRA-N ÷ floor with the non-product time removed."""
+    lines = ["| d | N | category | ms | share |", "|---:|---:|---|---:|---:|"]
+    for (d, n), res in results.items():
+        prof = res.get("profile") or {}
+        total = sum(prof.values()) or 1.0
+        for category, ms in prof.items():
+            lines.append(f"| {d} | {n} | {category} | {ms:.2f} | {ms / total:.0%} |")
+        products = prof.get("matrix products (base, keys, values, gradients)", 0.0)
+        ratio = res["fwd+bwd"]["routed"] * products / total / res["fwd+bwd"]["lora_n"]
+        lines.append(f"| {d} | {n} | routed/LoRA-N ÷ floor with only the products left | — | "
+                     f"{ratio / floor_ratio(d, n, 'fwd+bwd'):.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,29 @@ AWARE_PREFIX = "eval/aware/"
 _VIEW_PREFIX = {"task_aware": AWARE_PREFIX, "task_agnostic": AGNOSTIC_PREFIX}
 
 
+def _encode_normalized(model: Any, tokens: Tensor) -> Tensor:
+    return F.normalize(model.encode_text(tokens), dim=-1)
+
+
+def encode_text_chunked(model: Any, tokens: Tensor, chunk: int | None) -> Tensor:
+    """``normalize(model.encode_text(tokens))`` ``(C, D)``, encoded ``chunk`` prompts at a time (None: at once).
+
+    With gradients enabled each chunk runs under non-reentrant ``torch.utils.checkpoint``: its
+    activations are dropped after the forward and recomputed, one chunk at a time, in the backward
+    pass, so the activation memory of the text tower is that of one chunk (plus the ``(C, D)``
+    features); without gradients the chunks are simply encoded one after the other. The values and
+    gradients are those of one call, up to the rounding of products over fewer rows.
+    """
+    if chunk is None or tokens.shape[0] <= chunk:
+        return _encode_normalized(model, tokens)
+    parts = tokens.split(chunk)
+    if not torch.is_grad_enabled():
+        return torch.cat([_encode_normalized(model, part) for part in parts])
+    from torch.utils.checkpoint import checkpoint
+
+    return torch.cat([checkpoint(_encode_normalized, model, part, use_reentrant=False) for part in parts])
+
+
 class CLIPBackbone(Backbone):
     """Continual CLIP (open_clip) with continual layers in the image tower, the text tower or both.
 
@@ -41,9 +64,20 @@ class CLIPBackbone(Backbone):
         protocol: how the reported score classifies a test image: ``task_aware`` (among its own
             task's classes, MTIL) or ``task_agnostic`` (among the union of all tasks' classes, X-TAIL).
             Both views are always logged (``eval/aware/*``, ``eval/agnostic/*``).
+        checkpointing: activation checkpointing per tower: ``true`` (both), ``false`` (none, the
+            default) or a list of ``image`` / ``text``. Each transformer block keeps only its input
+            in a training step and is recomputed in the backward pass: the same numbers, less memory,
+            one more forward of the tower (``benchmarks/bench_memory.py`` measures both).
+        prompt_chunk: encode class prompts this many at a time (None: all at once). In training each
+            chunk's activations are dropped after its forward and recomputed in the backward pass,
+            one chunk at a time (the loss still sees every class at once, so the numbers are the
+            same); at evaluation the union of class names is encoded chunk by chunk.
     """
 
     views = _VIEW_PREFIX
+    # defaults for backbones pickled before these options existed (older checkpoints' hyperparameters)
+    checkpointing: list[str] | tuple[str, ...] = ()
+    prompt_chunk: int | None = None
 
     def __init__(
         self,
@@ -53,7 +87,11 @@ class CLIPBackbone(Backbone):
         towers: list[str] | None = None,
         layers: list[str] | None = None,
         protocol: EvalProtocol = "task_aware",
+        checkpointing: bool | list[str] = False,
+        prompt_chunk: int | None = None,
     ) -> None:
+        from moram.backbones.clip.build import resolve_checkpointing
+
         if (model_config is None) == (model_name is None):
             raise ValueError("set exactly one of model.backbone.model_config (a moram/JSON config) and "
                              "model.backbone.model_name (an open_clip name)")
@@ -63,6 +101,11 @@ class CLIPBackbone(Backbone):
         self.towers = list(towers or ["image", "text"])
         self.layers = list(layers or ["attn", "mlp"])
         self.protocol = protocol
+        self.checkpointing = resolve_checkpointing(checkpointing)
+        if prompt_chunk is not None and (isinstance(prompt_chunk, bool) or not isinstance(prompt_chunk, int)
+                                         or prompt_chunk < 1):
+            raise ValueError(f"model.backbone.prompt_chunk must be a positive integer or null, got {prompt_chunk!r}")
+        self.prompt_chunk = prompt_chunk
         self.primary_view = protocol
         self.tokenizer: Any = None
         self.reset()
@@ -94,9 +137,12 @@ class CLIPBackbone(Backbone):
         return model
 
     def adapt(self, model: nn.Module, atoms: AtomConfig, method: AdapterMethod | None) -> list[str]:
-        from moram.backbones.clip.build import prepare_clip
+        from moram.backbones.clip.build import prepare_clip, set_checkpointing
 
-        return prepare_clip(model, atoms, towers=self.towers, layers=self.layers, method=method)
+        adapted = prepare_clip(model, atoms, towers=self.towers, layers=self.layers, method=method)
+        if self.checkpointing:
+            set_checkpointing(model, self.checkpointing)
+        return adapted
 
     # ------------------------------------------------------------------ helpers
     def _task_prompts(self, host: ContinualModule, task: int) -> Tensor:
@@ -105,9 +151,9 @@ class CLIPBackbone(Backbone):
             self._prompts[task] = self.tokenizer([t.template.format(c) for c in t.classnames])
         return self._prompts[task].to(host.device)
 
-    @staticmethod
-    def _encode_text(model: Any, tokens: Tensor) -> Tensor:
-        return F.normalize(model.encode_text(tokens), dim=-1)
+    def _encode_text(self, model: Any, tokens: Tensor) -> Tensor:
+        """L2-normalised text features ``(C, D)``, in chunks of ``prompt_chunk`` prompts when set."""
+        return encode_text_chunked(model, tokens, self.prompt_chunk)
 
     @staticmethod
     def _encode_image(model: Any, images: Tensor) -> Tensor:

@@ -139,6 +139,62 @@ def prepare_clip(
     return adapt(model, atom_config, targets, method)
 
 
+# ---------------------------------------------------------------------------- activation checkpointing
+def resolve_checkpointing(value: bool | Sequence[str] | None) -> list[str]:
+    """The towers to checkpoint from ``model.backbone.checkpointing``: a bool (both towers / none) or a list."""
+    if value is None or value is False:
+        return []
+    if value is True:
+        return list(TOWERS)
+    if isinstance(value, str) or not isinstance(value, Sequence) or any(v not in TOWERS for v in value):
+        raise ValueError(
+            "model.backbone.checkpointing must be true, false or a list of towers from "
+            f"{list(TOWERS)}, got {value!r}"
+        )
+    return [t for t in TOWERS if t in value]
+
+
+def set_checkpointing(model: nn.Module, towers: Sequence[str]) -> None:
+    """Recompute the activations of each transformer block of ``towers`` in the backward pass.
+
+    Non-reentrant ``torch.utils.checkpoint`` per block (open_clip's towers, or a Hugging Face text
+    encoder): a training step keeps only each block's input and recomputes the block's inside when
+    its gradient is needed, one block at a time; the numbers are the same, the forward of the tower
+    runs twice. Towers not named are switched off. Under ``no_grad`` nothing is recomputed.
+    """
+    towers = resolve_checkpointing(list(towers))
+    visual: Any = getattr(model, "visual", None)
+    if "image" in towers and not hasattr(getattr(visual, "transformer", None), "grad_checkpointing"):
+        raise ValueError(
+            f"model.backbone.checkpointing: the image tower ({type(visual).__name__}) is not a transformer "
+            "with per-block checkpointing; checkpoint the text tower only"
+        )
+    if visual is not None and hasattr(getattr(visual, "transformer", None), "grad_checkpointing"):
+        visual.transformer.grad_checkpointing = "image" in towers
+    text: Any = getattr(model, "text", None)
+    hf: Any = getattr(text, "transformer", None)
+    if hasattr(hf, "gradient_checkpointing_enable"):  # CustomTextCLIP with a Hugging Face encoder
+        new_api = hasattr(hf, "activation_checkpointing_enable")  # transformers >= 5
+        if "text" in towers and new_api:
+            hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif "text" in towers:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif new_api:
+            hf.activation_checkpointing_disable()
+        else:
+            hf.gradient_checkpointing_disable()
+        return
+    blocks = getattr(text, "transformer", None) if text is not None else getattr(model, "transformer", None)
+    if not hasattr(blocks, "grad_checkpointing"):
+        if "text" in towers:
+            raise ValueError(
+                f"model.backbone.checkpointing: no text transformer with per-block checkpointing in "
+                f"{type(model).__name__}; checkpoint the image tower only"
+            )
+        return
+    blocks.grad_checkpointing = "text" in towers  # type: ignore[union-attr]
+
+
 # ---------------------------------------------------------------------------- pretrained weights
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """Tensors of a safetensors or torch file (a state dict, possibly under ``"state_dict"``)."""
