@@ -269,7 +269,16 @@ def stored_task_count(checkpoint: dict[str, Any]) -> int | None:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` of a checkpoint file (tensors only, on CPU); an unreadable file is a :class:`CheckpointError`."""
+    """``torch.load`` of a checkpoint file (tensors only, on CPU); an unreadable file is a :class:`CheckpointError`.
+
+    A sharded (FSDP2) checkpoint folder is read through its metadata file: everything but the shards.
+    """
+    if Path(path).is_dir():
+        from lightning.fabric.utilities.load import _METADATA_FILENAME
+
+        if not (Path(path) / _METADATA_FILENAME).is_file():
+            raise CheckpointError(f"{path} is a folder without {_METADATA_FILENAME}: not a sharded checkpoint")
+        path = Path(path) / _METADATA_FILENAME
     try:
         checkpoint = torch.load(path, weights_only=True, map_location="cpu")
     except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:

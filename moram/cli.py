@@ -346,7 +346,7 @@ class MoramCLI(LightningCLI):
         if not subcommand:
             return
         ckpt_path = config.get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if not ckpt_path or not Path(ckpt_path).exists():  # a file, or an FSDP2 folder of shards
             return
         diff = self._model_differences(subcommand, ckpt_path)
         if diff:
