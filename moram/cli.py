@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from moram.cli_help import HELP_GUIDE, nested_help
@@ -85,8 +86,11 @@ class _NoTips(logging.Filter):
         return "Tip:" not in str(record.msg)
 
 
-def continual_callbacks(configured: list[Callback], model: object = None) -> list[Callback]:
+def continual_callbacks(configured: list[Callback], model: object = None, progress_bar: bool = True) -> list[Callback]:
     """The callbacks a continual run needs, minus those the user already configured.
+
+    On a terminal, with ``progress_bar`` (``trainer.enable_progress_bar``), the progress bar is moram's
+    per-task one unless one is configured; without a terminal, plain progress lines.
 
     A model may declare other views of its scores as ``score_views`` (view name -> logged metric
     prefix, e.g. the task-agnostic view of a task-aware run); each gets its own metrics callback.
@@ -94,7 +98,7 @@ def continual_callbacks(configured: list[Callback], model: object = None) -> lis
     from moram.callbacks.adapter_export import AdapterExportCallback
     from moram.callbacks.continual_metrics import ContinualMetricsCallback
     from moram.callbacks.input_check import ImageSizeCheckCallback
-    from moram.callbacks.progress import ProgressLogCallback
+    from moram.callbacks.progress import ProgressLogCallback, TaskProgressBar
     from moram.callbacks.requeue import SlurmRequeueCallback
     from moram.callbacks.task_boundary import TaskBoundaryCallback
 
@@ -109,6 +113,8 @@ def continual_callbacks(configured: list[Callback], model: object = None) -> lis
         defaults.append(SlurmRequeueCallback())  # does nothing outside SLURM
     if not sys.stdout.isatty() and not any(isinstance(c, ProgressLogCallback) for c in configured):
         defaults.append(ProgressLogCallback())
+    elif sys.stdout.isatty() and progress_bar and not any(isinstance(c, ProgressBar) for c in configured):
+        defaults.append(TaskProgressBar())
     metric_names = {c.name for c in configured if isinstance(c, ContinualMetricsCallback)}
     if "continual_metrics" not in metric_names:
         defaults.append(ContinualMetricsCallback())
@@ -410,7 +416,8 @@ class MoramCLI(LightningCLI):
             config = {**dict(node.get("trainer") or {}), **kwargs}
             configured = config.get("callbacks") or []
             configured = list(configured) if isinstance(configured, (list, tuple)) else [configured]
-            kwargs["callbacks"] = configured + continual_callbacks(configured, self.model)
+            progress_bar = config.get("enable_progress_bar") is not False
+            kwargs["callbacks"] = configured + continual_callbacks(configured, self.model, progress_bar)
             tasks = self.datamodule.num_tasks
             if config.get("max_epochs") is None:
                 kwargs["max_epochs"] = tasks
