@@ -167,6 +167,9 @@ def test_signalled_job_requeues_itself_and_ends_like_an_uninterrupted_run(tmp_pa
     assert hpc.stat().st_size < 1_000_000  # the tiny backbone's weights alone are over 6 MB
 
     assert [p.name for p in (run_dir / "lightning_logs").iterdir()] == ["version_0"]  # the same run folder
+    history = [json.loads(line) for line in (run_dir / "lightning_logs" / "version_0" / "history.jsonl").open()]
+    assert [(e["event"], e.get("slurm_job_id")) for e in history] == [("start", job), ("resume", job)]
+    assert history[1]["checkpoint"].endswith("hpc_ckpt_1.ckpt")
     got = json.loads((run_dir / "lightning_logs" / "version_0" / "continual_metrics.json").read_text())
     want = json.loads(next(ref_root.rglob("continual_metrics.json")).read_text())
     assert got["finished"] is True
