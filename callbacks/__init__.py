@@ -13,6 +13,7 @@ from moram.callbacks.atom_usage import AtomUsageCallback
 from moram.callbacks.continual_metrics import ContinualMetricsCallback
 from moram.callbacks.input_check import ImageSizeCheckCallback
 from moram.callbacks.progress import ProgressLogCallback
+from moram.callbacks.requeue import SlurmRequeueCallback
 from moram.callbacks.task_boundary import TaskBoundaryCallback, reset_atom_optimizer_state, restart_lr_schedules
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "ContinualMetricsCallback",
     "ImageSizeCheckCallback",
     "ProgressLogCallback",
+    "SlurmRequeueCallback",
     "TaskBoundaryCallback",
     "reset_atom_optimizer_state",
     "restart_lr_schedules",

@@ -33,7 +33,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from moram.metrics import AccuracyMatrix, format_table, save_all, scalar_metrics, summary
+from moram.callbacks.trackers import log_figure, takes_figures
+from moram.metrics import AccuracyMatrix, format_table, heatmap_figure, save_all, scalar_metrics, summary
 from moram.protocols import SCORE_PREFIX, TaskStream
 
 METRIC_PREFIX = "continual/"
@@ -284,7 +285,15 @@ class ContinualMetricsCallback(Callback):
             scalars = {prefix + k: v for k, v in scalar_metrics(summary(matrix)).items()}
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.global_step)
+            self._log_figure(trainer, prefix + "accuracy_matrix", matrix)
         self.json_path = self._save()
+
+    def _log_figure(self, trainer: pl.Trainer, tag: str, matrix: AccuracyMatrix) -> None:
+        """The matrix so far as a figure, to the loggers that store images (:mod:`moram.callbacks.trackers`)."""
+        if not self.heatmap or not any(takes_figures(logger) for logger in trainer.loggers):
+            return
+        figure = heatmap_figure(matrix, self._view)
+        log_figure(trainer, tag, figure, trainer.global_step)
 
 
 def _task_stream(trainer: pl.Trainer) -> TaskStream:

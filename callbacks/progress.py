@@ -1,4 +1,4 @@
-"""Plain progress lines for logs without a terminal (cluster jobs, ``nohup``, CI).
+"""Progress a person can follow: plain lines for logs without a terminal, a per-task bar on a terminal.
 
 A progress bar redraws one line in place, which a log file cannot show. When standard output is
 not a terminal, ``moram fit`` adds this callback: it prints one line when a task starts, one every
@@ -15,6 +15,9 @@ a task, or right after a task's last batch)::
 
 Only global rank zero prints. Works with any datamodule; task names come from a
 :class:`~moram.protocols.TaskStream` when there is one.
+
+On a terminal, ``moram fit`` uses :class:`TaskProgressBar` instead: Lightning's bar, named after the
+task (``task 2/5 'digits 2-3'``) and counting that task's steps, with the run's step beside the loss.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
@@ -44,12 +47,7 @@ class ProgressLogCallback(Callback):
         self._announced: int | None = None  # the epoch (task) whose first line was printed
 
     def _task(self, trainer: pl.Trainer) -> str:
-        datamodule: Any = getattr(trainer, "datamodule", None)
-        names = list(getattr(datamodule, "task_names", []) or [])
-        index = int(getattr(datamodule, "current_task", trainer.current_epoch))
-        total = len(names) or trainer.max_epochs or "?"
-        name = f" '{names[index]}'" if index < len(names) else ""
-        return f"task {index + 1}/{total}{name}"
+        return task_label(trainer)
 
     @staticmethod
     @rank_zero_only
@@ -101,3 +99,34 @@ class ProgressLogCallback(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         steps = trainer.global_step - self._task_step0
         self._print(f"{self._task(trainer)}: trained ({steps} steps, {time.monotonic() - self._task_start:.1f} s)")
+
+
+def task_label(trainer: pl.Trainer) -> str:
+    """``task <i>/<n> '<name>'`` for the task being trained (the epoch when the data is not a task stream)."""
+    datamodule: Any = getattr(trainer, "datamodule", None)
+    names = list(getattr(datamodule, "task_names", []) or [])
+    index = int(getattr(datamodule, "current_task", trainer.current_epoch))
+    total = len(names) or trainer.max_epochs or "?"
+    name = f" '{names[index]}'" if index < len(names) else ""
+    return f"task {index + 1}/{total}{name}"
+
+
+class TaskProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, per task: ``task 2/5 'digits 2-3': 40%|████  | 40/100 [..., step=140/500, ...]``.
+
+    The bar counts the steps of the task being trained; ``step`` is the run's optimizer step out of
+    all tasks' (Lightning's ``Epoch N`` would say nothing about which task it is).
+    """
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(task_label(trainer))
+
+    @override
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        if trainer.training:
+            items = {"step": f"{trainer.global_step}/{trainer.estimated_stepping_batches}", **items}
+        return items

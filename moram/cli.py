@@ -37,16 +37,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from moram.cli_help import HELP_GUIDE, nested_help
 from moram.protocols import is_task_stream
-from moram.run_folder import RunFolderConfig
 
 TRACEBACK_ENV = "MORAM_TRACEBACK"
 LOG_NAME = "lightning_logs"
 CSV_LOGGER = "moram.loggers.AppendingCSVLogger"
 _LIGHTNING_CSV = ("CSVLogger", "lightning")  # first part of the class path of Lightning's CSV logger, replaced
+_FOLDER_LOGGERS = ("AppendingCSVLogger", "CSVLogger", "TensorBoardLogger")  # loggers that keep a version_N folder
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -85,8 +86,11 @@ class _NoTips(logging.Filter):
         return "Tip:" not in str(record.msg)
 
 
-def continual_callbacks(configured: list[Callback], model: object = None) -> list[Callback]:
+def continual_callbacks(configured: list[Callback], model: object = None, progress_bar: bool = True) -> list[Callback]:
     """The callbacks a continual run needs, minus those the user already configured.
+
+    On a terminal, with ``progress_bar`` (``trainer.enable_progress_bar``), the progress bar is moram's
+    per-task one unless one is configured; without a terminal, plain progress lines.
 
     A model may declare other views of its scores as ``score_views`` (view name -> logged metric
     prefix, e.g. the task-agnostic view of a task-aware run); each gets its own metrics callback.
@@ -94,7 +98,8 @@ def continual_callbacks(configured: list[Callback], model: object = None) -> lis
     from moram.callbacks.adapter_export import AdapterExportCallback
     from moram.callbacks.continual_metrics import ContinualMetricsCallback
     from moram.callbacks.input_check import ImageSizeCheckCallback
-    from moram.callbacks.progress import ProgressLogCallback
+    from moram.callbacks.progress import ProgressLogCallback, TaskProgressBar
+    from moram.callbacks.requeue import SlurmRequeueCallback
     from moram.callbacks.task_boundary import TaskBoundaryCallback
 
     defaults: list[Callback] = []
@@ -104,8 +109,12 @@ def continual_callbacks(configured: list[Callback], model: object = None) -> lis
         defaults.append(AdapterExportCallback())
     if not any(isinstance(c, ImageSizeCheckCallback) for c in configured):
         defaults.append(ImageSizeCheckCallback())
+    if not any(isinstance(c, SlurmRequeueCallback) for c in configured):
+        defaults.append(SlurmRequeueCallback())  # does nothing outside SLURM
     if not sys.stdout.isatty() and not any(isinstance(c, ProgressLogCallback) for c in configured):
         defaults.append(ProgressLogCallback())
+    elif sys.stdout.isatty() and progress_bar and not any(isinstance(c, ProgressBar) for c in configured):
+        defaults.append(TaskProgressBar())
     metric_names = {c.name for c in configured if isinstance(c, ContinualMetricsCallback)}
     if "continual_metrics" not in metric_names:
         defaults.append(ContinualMetricsCallback())
@@ -145,6 +154,54 @@ def _restore_nulls(node: Any) -> None:
     elif isinstance(node, list):
         for item in node:
             _restore_nulls(item)
+
+
+def requeued_run(default_root_dir: Path, log_root: Path) -> tuple[Path, int] | None:
+    """The checkpoint and run folder (``version_N``) a requeued SLURM job continues, or None when this is not one.
+
+    Under SLURM, :class:`moram.callbacks.requeue.SlurmRequeueCallback` writes
+    ``<default_root_dir>/hpc_ckpt_N.ckpt`` before requeueing (the file Lightning itself would resume
+    from); the run is the newest ``version_N`` under ``log_root``, which a job-specific
+    ``default_root_dir`` (``configs/cluster/slurm.sbatch``) makes the job's own.
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from moram.callbacks.requeue import hpc_checkpoint
+    from moram.runs import version_number
+
+    checkpoint = hpc_checkpoint(default_root_dir) if SLURMEnvironment.detect() else None
+    versions = [version_number(v) for v in log_root.glob("version_*") if version_number(v) >= 0]
+    if checkpoint is None or not versions:
+        return None
+    return checkpoint, max(versions)
+
+
+def _log_root(logger: Any, root: Path) -> Path:
+    args = logger.init_args
+    return Path(args.get("save_dir") or root) / (args.get("name") or LOG_NAME)
+
+
+def _run_folder_logger(trainer: Any, root: Path) -> Any:
+    """Name the default logger in ``trainer`` (config) and return the logger that holds the run folder."""
+    from jsonargparse import Namespace
+
+    logger = trainer.get("logger")
+    csv = Namespace(class_path=CSV_LOGGER, init_args=Namespace(save_dir=str(root), name=LOG_NAME))
+    if logger is None or logger is True:  # Lightning's default, without its tensorboardX notice
+        logger = trainer.logger = csv
+    elif logger is not False and _class_name(_first(logger)) not in _FOLDER_LOGGERS:
+        # a tracker with no run folder of its own (MLflow, W&B): the default CSV logger goes first, so the
+        # run folder (metrics files, checkpoints, adapters) is lightning_logs/version_N as without it
+        trainer.logger = [csv, *(logger if isinstance(logger, list) else [logger])]
+        logger = csv
+    logger = _first(logger)
+    if _class_name(logger) == "CSVLogger" and str(logger.get("class_path")).split(".")[0] in _LIGHTNING_CSV:
+        logger.class_path = CSV_LOGGER  # same options; appends to metrics.csv instead of deleting it
+    return logger
+
+
+def _first(logger: Any) -> Any:
+    return logger[0] if isinstance(logger, list) and logger else logger
 
 
 def _class_name(node: Any) -> str:
@@ -275,20 +332,17 @@ class MoramCLI(LightningCLI):
         (:func:`moram.runs.select_run`); a ``fit`` from a checkpoint inside a run folder continues
         that folder; a finished run is never resumed. Every check here reads files only.
         """
-        from jsonargparse import Namespace
-
         from moram.checkpoint import CheckpointError
         from moram.runs import finished_run, run_folder_of, select_run, version_number
 
         trainer = config.trainer
         root = Path(trainer.get("default_root_dir") or os.getcwd())
-        logger = trainer.get("logger")
-        if logger is None or logger is True:  # Lightning's default, without its tensorboardX notice
-            logger = Namespace(class_path=CSV_LOGGER, init_args=Namespace(save_dir=str(root), name=LOG_NAME))
-            trainer.logger = logger
-        elif _class_name(logger) == "CSVLogger" and str(logger.get("class_path")).split(".")[0] in _LIGHTNING_CSV:
-            logger.class_path = CSV_LOGGER  # same options; appends to metrics.csv instead of deleting it
+        logger = _run_folder_logger(trainer, root)
         ckpt_path = config.get("ckpt_path")
+        if not ckpt_path and subcommand == "fit" and _class_name(logger) in _FOLDER_LOGGERS:
+            requeued = requeued_run(root, _log_root(logger, root))
+            if requeued is not None:  # a requeued SLURM job: on from its hpc checkpoint, in its own run folder
+                config.ckpt_path, logger.init_args.version = str(requeued[0]), requeued[1]
         if not ckpt_path:
             return
         folder_logger = _class_name(logger) in ("AppendingCSVLogger", "TensorBoardLogger") and logger.get("init_args")
@@ -362,7 +416,8 @@ class MoramCLI(LightningCLI):
             config = {**dict(node.get("trainer") or {}), **kwargs}
             configured = config.get("callbacks") or []
             configured = list(configured) if isinstance(configured, (list, tuple)) else [configured]
-            kwargs["callbacks"] = configured + continual_callbacks(configured, self.model)
+            progress_bar = config.get("enable_progress_bar") is not False
+            kwargs["callbacks"] = configured + continual_callbacks(configured, self.model, progress_bar)
             tasks = self.datamodule.num_tasks
             if config.get("max_epochs") is None:
                 kwargs["max_epochs"] = tasks
@@ -482,6 +537,8 @@ def _one_line(message: str) -> str:
 
 def main(args: list[str] | None = None, run: bool = True) -> MoramCLI:
     """Entry point of the ``moram`` console script (``args`` defaults to ``sys.argv[1:]``)."""
+    from moram.callbacks.trackers import TrackerConfigCallback
+
     quiet()
     if nested_help(sys.argv[1:] if args is None else args):
         sys.exit(0)
@@ -492,10 +549,10 @@ def main(args: list[str] | None = None, run: bool = True) -> MoramCLI:
         subclass_mode_data=True,
         trainer_defaults=TASK_STREAM_TRAINER_DEFAULTS,
         parser_class=MoramArgumentParser,
-        save_config_callback=RunFolderConfig,
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
+        save_config_callback=TrackerConfigCallback,  # config.yaml, and the config in TensorBoard/MLflow/W&B
     )
 
 

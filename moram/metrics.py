@@ -242,34 +242,36 @@ def plot_title(m: AccuracyMatrix, view: str = "") -> str:
     return f"{head}accuracy after each task (R[i, j]: task j after training task i)\n{numbers}"
 
 
-def write_heatmap(path: str | Path, m: AccuracyMatrix, view: str = "") -> Path:
-    """Draw the matrix as an annotated heatmap PNG (rows: zero-shot, after each task; columns: tasks).
+def heatmap_figure(m: AccuracyMatrix, view: str = "") -> Any:
+    """The matrix as an annotated heatmap, a matplotlib ``Figure`` (the caller closes it).
 
-    The title names ``view`` and carries Last / Average / BWT (:func:`plot_title`).
+    Rows: zero-shot, after each task; columns: tasks. The title names ``view`` and carries
+    Last / Average / BWT (:func:`plot_title`). Drawn off-screen (Agg), no pyplot state kept.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows, labels = _all_rows(m), row_labels(m)
     n = m.num_tasks
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * n + 2.5), max(2.0, 0.5 * len(labels) + 1.5)))
-    try:
-        data = rows if rows else [[math.nan] * n]
-        image = ax.imshow(data, cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto")
-        ax.set_xticks(range(n), m.task_names, rotation=45, ha="right")
-        ax.set_yticks(range(len(labels)), labels)
-        if n <= 20:
-            for i, row in enumerate(rows):
-                for j, v in enumerate(row):
-                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="w" if v < 60 else "k")
-        ax.set_title(plot_title(m, view), fontsize=9)
-        fig.colorbar(image, ax=ax)
-        fig.tight_layout()
-        return _replace_atomically(Path(path), lambda p: fig.savefig(p, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(max(4.0, 0.9 * n + 2.5), max(2.0, 0.5 * len(labels) + 1.5)))
+    ax = fig.subplots()
+    data = rows if rows else [[math.nan] * n]
+    image = ax.imshow(data, cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto")
+    ax.set_xticks(range(n), m.task_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    if n <= 20:
+        for i, row in enumerate(rows):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="w" if v < 60 else "k")
+    ax.set_title(plot_title(m, view), fontsize=9)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def write_heatmap(path: str | Path, m: AccuracyMatrix, view: str = "") -> Path:
+    """Draw the matrix as an annotated heatmap PNG (:func:`heatmap_figure`)."""
+    fig = heatmap_figure(m, view)
+    return _replace_atomically(Path(path), lambda p: fig.savefig(p, format="png", dpi=100))
 
 
 def save_all(

@@ -237,3 +237,21 @@ class Stall(Callback):
             time.sleep(600)  # killed long before this returns
 
 
+
+
+class Pace(Callback):
+    """From global step ``at_step`` on, write ``<marker>`` (once) and sleep ``seconds`` after every step.
+
+    Slows a run down at a known point (the math is unchanged) so that a signal sent once the marker
+    exists lands mid-task.
+    """
+
+    def __init__(self, marker: str = "", at_step: int = 0, seconds: float = 0.5) -> None:
+        self.marker, self.at_step, self.seconds = Path(marker), at_step, seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step < self.at_step:
+            return
+        if trainer.is_global_zero and not self.marker.exists():
+            self.marker.write_text(str(trainer.global_step))
+        time.sleep(self.seconds)
