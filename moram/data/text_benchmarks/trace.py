@@ -67,6 +67,10 @@ class TRACETasks:
         test_split: ``test`` (TRACE's reported split) or ``eval``.
         metrics: Per-task metric overrides or additions, e.g. ``{"Py150": "exact_match"}``.
         max_new_tokens: Generation budget for every task; None leaves it to the module.
+        max_length: Per-task longest training sequence in tokens (prompt and answer; the prompt of a
+            generated answer is cut to ``max_length - max_new_tokens``), e.g. ``{"MeetingBank": 4608}``
+            for TRACE's 4096-token MeetingBank prompts beside the backbone's 1024 + 512; tasks not named
+            take the backbone's ``max_length``.
 
     Example:
         >>> TRACETasks(root="/data/TRACE", order=["FOMC", "Py150"]).num_tasks
@@ -85,6 +89,7 @@ class TRACETasks:
         test_split: str = "test",
         metrics: dict[str, str] | None = None,
         max_new_tokens: int | None = None,
+        max_length: dict[str, int] | None = None,
     ) -> None:
         self.metrics = {**TRACE_METRICS, **(metrics or {})}
         bad = {task: m for task, m in self.metrics.items() if m not in TEXT_METRICS}
@@ -102,6 +107,13 @@ class TRACETasks:
         if test_split not in ("test", "eval"):
             raise ValueError(f"data.source.test_split must be 'test' or 'eval', got {test_split!r}")
         check_limits(max_train, max_test)
+        self.max_length = dict(max_length or {})
+        stray = sorted(set(self.max_length) - set(self.order))
+        if stray or any(not isinstance(v, int) or v < 2 for v in self.max_length.values()):
+            raise ValueError(
+                f"data.source.max_length maps tasks of data.source.order to integers >= 2; got {self.max_length}"
+                + (f" (not in the order: {stray})" if stray else "")
+            )
         self.root, self.max_train, self.max_test, self.seed = root, max_train, max_test, seed
         self.test_split, self.max_new_tokens = test_split, max_new_tokens
 
@@ -118,7 +130,9 @@ class TRACETasks:
         metric = self.metrics[name]
         train = self._split(folder / "train.json", metric, self.max_train, f"{name}/train")
         test = self._split(folder / f"{self.test_split}.json", metric, self.max_test, f"{name}/test")
-        return TextTask(name, train, test, metric=metric, max_new_tokens=self.max_new_tokens).check()
+        return TextTask(
+            name, train, test, metric=metric, max_new_tokens=self.max_new_tokens, max_length=self.max_length.get(name)
+        ).check()
 
     def _split(self, path: Path, metric: str, limit: int | None, salt: str) -> TextDataset:
         records = read_records(self.benchmark, require_file(self.benchmark, path, LAYOUT))
