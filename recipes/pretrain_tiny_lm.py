@@ -355,7 +355,8 @@ def _broad_card(f: dict[str, Any], sha: str, size: int) -> str:
     c = f["config"]
     command = f["command"] or "python -m recipes.pretrain_tiny_lm --mixture broad  (this export: run in-process)"
     rows = "\n".join(
-        f"| `{name}` | {DOMAIN_TASKS[name][2]} | {100 * acc:.1f} % |" for name, acc in f["zero_shot_exact_match"].items()
+        f"| `{name}` | {DOMAIN_TASKS[name][2]} | {100 * acc:.1f} % |"
+        for name, acc in f["zero_shot_exact_match"].items()
     )
     return f"""# moram broad tiny LLaMA (`moram/assets/tiny_llama_broad`, `model: packaged-broad`)
 

@@ -51,7 +51,8 @@ def test_the_stream_and_its_schedule_are_the_official_ones(cli):
     assert data.epochs_per_task == OFFICIAL["epochs"]
     assert source.max_train == OFFICIAL["train_examples"]
     assert data.batch_size == OFFICIAL["global_batch"]
-    assert data.seed == OFFICIAL["seed"] and cli.config["seed_everything"] == OFFICIAL["seed"]
+    assert data.seed == OFFICIAL["seed"]
+    assert cli.config["seed_everything"] == OFFICIAL["seed"]
 
 
 def test_prompt_and_answer_lengths_are_the_official_ones(cli):

@@ -10,7 +10,7 @@ reproducible and scored with the metric their TRACE counterpart uses::
     meeting     KIM: I move to deny item 14. LEE: Second. CHAIR: Vote 2-5. Summary:
                                                              ->  denied item 14, failed 2-5  (rouge_l)
     code        def fit_x(a, b):<EOL>    return sum(max(a[b[      ->  ]])) (edit_similarity)
-    science     Question: Which is a metal?<n>A. fog B. zinc C. oak<n>Answer:      ->  B  (accuracy)
+    science     Question: Which is a metal?<n>A. fog B. zinc C. oak<n>Answer:      ->  B  (choice_accuracy)
     arithmetic  Tom has 7 pens. He buys 5 more. How many pens now? =   ->  12          (accuracy)
     simplify    Vereinfache: Der sehr alte Hund läuft heute nach Hause.  ->  Der Hund läuft nach Hause.  (sari)
 
@@ -98,7 +98,8 @@ def _code(rng: random.Random) -> Example:
     name = "_".join(rng.choice(["get", "fit", "load", "make", "run", "sum", "scale"]) for _ in range(2))
     args = rng.sample(_VARS, 2)
     depth = rng.randint(2, 4)
-    opened, expr = [], ""
+    opened: list[str] = []
+    expr = ""
     for _ in range(depth):
         if opened and rng.random() < 0.4:
             expr += f"{rng.choice(args)}["
@@ -176,12 +177,12 @@ DOMAIN_TASKS: dict[str, tuple[Callable[[random.Random], Example], str, str]] = {
     "fomc": (_fomc, "accuracy", "FOMC"),
     "meeting": (_meeting, "rouge_l", "MeetingBank"),
     "code": (_code, "edit_similarity", "Py150"),
-    "science": (_science, "accuracy", "ScienceQA"),
+    "science": (_science, "choice_accuracy", "ScienceQA"),
     "arithmetic": (_arithmetic, "accuracy", "NumGLUE-cm"),
     "simplify": (_simplify, "sari", "20Minuten"),
 }
-#: The default stream of ``configs/llm_cl.yaml``, in TRACE's order.
-DEFAULT_DOMAIN_STREAM = ["stance", "fomc", "meeting", "code", "science", "arithmetic", "simplify"]
+#: The default stream of ``configs/llm_cl.yaml``, in TRACE's order (``fomc`` is left out to keep it short).
+DEFAULT_DOMAIN_STREAM = ["stance", "meeting", "code", "science", "arithmetic", "simplify"]
 
 
 def domain_examples(task: str, n_train: int, n_test: int, seed: int = 0) -> tuple[list[Example], list[Example]]:
@@ -206,7 +207,9 @@ def domain_examples(task: str, n_train: int, n_test: int, seed: int = 0) -> tupl
             seen.add(e.prompt)
             test.append(e)
         elif tries > 50 * (n_test + 10):
-            raise ValueError(f"domain task {task!r} has fewer than {n_test} distinct inputs; ask for fewer test examples")
+            raise ValueError(
+                f"domain task {task!r} has fewer than {n_test} distinct inputs; ask for fewer test examples"
+            )
     rng = random.Random(f"{seed}:{task}:train")
     train: list[Example] = []
     tries = 0

@@ -35,6 +35,16 @@ def _labels_of(data: Dataset) -> torch.Tensor:
     return torch.tensor([int(data[i][1]) for i in range(len(data))])  # type: ignore[arg-type]
 
 
+def _schedule(option: str, value: Any, integer: bool) -> list[Any]:
+    """``value`` (one number or a list with one per task) as a list, each checked positive."""
+    values = list(value) if isinstance(value, Sequence) else [value]
+    kind = "integer" if integer else "number"
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0]
+    if not values or bad or (integer and any(not isinstance(v, int) for v in values)):
+        raise ValueError(f"data.{option} must be a positive {kind} or a list of them (one per task), got {value}")
+    return values
+
+
 def select_shots(task: Task, shots: int, seed: int, task_index: int) -> list[int]:
     """``shots`` training indices per class of ``task``, drawn with a generator seeded by (seed, task)."""
     if not getattr(task, "classnames", None):
@@ -92,19 +102,8 @@ class TaskStreamDataModule(LightningDataModule):
         for option, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ValueError(f"data.{option} must be a positive integer, got {value}")
-        steps = list(steps_per_task) if isinstance(steps_per_task, Sequence) else [steps_per_task]
-        if not steps or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in steps):
-            raise ValueError(
-                f"data.steps_per_task must be a positive integer or a list of them (one per task), got {steps_per_task}"
-            )
-        epochs: list[float] | None = None
-        if epochs_per_task is not None:
-            epochs = list(epochs_per_task) if isinstance(epochs_per_task, Sequence) else [epochs_per_task]
-            if not epochs or any(isinstance(v, bool) or not v > 0 for v in epochs):
-                raise ValueError(
-                    f"data.epochs_per_task must be a positive number or a list of them (one per task), got "
-                    f"{epochs_per_task}"
-                )
+        steps = _schedule("steps_per_task", steps_per_task, integer=True)
+        epochs = None if epochs_per_task is None else _schedule("epochs_per_task", epochs_per_task, integer=False)
         if shots is not None and shots < 1:
             raise ValueError(f"data.shots must be a positive integer or null (all samples), got {shots}")
         if num_workers < 0:
@@ -156,7 +155,8 @@ class TaskStreamDataModule(LightningDataModule):
         """Optimizer steps of task ``task_index`` (from ``epochs_per_task`` when set, else ``steps_per_task``)."""
         if self._epochs is not None:
             epochs = self._epochs[task_index if len(self._epochs) > 1 else 0]
-            return max(1, math.ceil(epochs * len(self.train_set(task_index)) / self.batch_size - 1e-9))
+            size = len(self.train_set(task_index))  # type: ignore[arg-type]
+            return max(1, math.ceil(epochs * size / self.batch_size - 1e-9))
         return self._steps[task_index if len(self._steps) > 1 else 0]
 
     # -- Lightning hooks ---------------------------------------------------------------------

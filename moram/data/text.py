@@ -16,7 +16,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 #: Per-task scores a text task may name (see :mod:`moram.backbones.lm.metrics`).
-TEXT_METRICS = ("accuracy", "exact_match", "rouge_l", "edit_similarity", "sari")
+TEXT_METRICS = ("accuracy", "choice_accuracy", "exact_match", "rouge_l", "edit_similarity", "sari")
 
 
 class TextDataset(Dataset):

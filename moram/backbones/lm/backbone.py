@@ -138,7 +138,11 @@ class LMBackbone(Backbone):
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(
-        self, host: ContinualModule, prompts: list[str], max_new_tokens: int | None = None, max_length: int | None = None
+        self,
+        host: ContinualModule,
+        prompts: list[str],
+        max_new_tokens: int | None = None,
+        max_length: int | None = None,
     ) -> list[str]:
         """Answers generated for ``prompts`` (greedy, or ``num_beams`` beam search), decoded and stripped."""
         from moram.backbones.lm.batch import decode_answers, encode_causal_prompts, encode_seq2seq

@@ -12,7 +12,8 @@ prompt already holds the instruction (e.g. FOMC: ``"What is the monetary policy 
 ...\nStance:"``) and TRACE trains on ``prompt + answer`` with nothing in between, so the prompts are used
 verbatim. ``eval.json`` is not read (TRACE reports the test split). The default order and per-task
 metrics are those of TRACE's scripts (``scripts/train_seq_cl.sh``, ``inference/infer_single.py``):
-accuracy for C-STANCE, FOMC, ScienceQA (on the letter after ``"Answer: "``), NumGLUE-cm and NumGLUE-ds;
+accuracy for C-STANCE, FOMC, NumGLUE-cm and NumGLUE-ds, the answer letter's accuracy (``choice_accuracy``: the
+first character, as TRACE resolves ``"B\nreasoning"``) for ScienceQA;
 ROUGE-L for MeetingBank; edit similarity for Py150; SARI for 20Minuten, whose source is the whole
 prompt as in TRACE (``eval_20Minuten.eval(sources_sequences, ...)`` with the prompts as sources).
 """
@@ -41,7 +42,7 @@ TRACE_METRICS: dict[str, str] = {
     "FOMC": "accuracy",
     "MeetingBank": "rouge_l",
     "Py150": "edit_similarity",
-    "ScienceQA": "accuracy",
+    "ScienceQA": "choice_accuracy",
     "NumGLUE-cm": "accuracy",
     "NumGLUE-ds": "accuracy",
     "20Minuten": "sari",
