@@ -434,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: 1500 (broad) / 2000 (digits)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 32 (broad) / 64 (digits)")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 100 broad / 200 digits)")
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--intermediate-size", type=int, default=256)
@@ -450,7 +451,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"--tasks: {unknown} are not domain tasks; known: {sorted(DOMAIN_TASKS)}")
         _, _, facts = pretrain_broad_lm(
             args.out or BROAD_LM_DIR, tasks=args.tasks or tuple(DOMAIN_TASKS), steps=args.steps or 1500,
-            batch_size=args.batch_size or 32, lr=args.lr, hidden_size=args.hidden_size, num_layers=args.num_layers,
+            batch_size=args.batch_size or 32, lr=args.lr, warmup=100 if args.warmup is None else args.warmup,
+            hidden_size=args.hidden_size, num_layers=args.num_layers,
             intermediate_size=args.intermediate_size, seed=args.seed, command=command,
         )
         print(json.dumps(facts["zero_shot_exact_match"]), f"copy {facts['copy_exact_match']:.3f}",
@@ -458,7 +460,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     _, _, facts = pretrain_tiny_lm(
         args.out or TINY_LM_DIR, tasks=args.tasks or PRETRAINING_MIXTURE, steps=args.steps or 2000,
-        batch_size=args.batch_size or 64, lr=args.lr, hidden_size=args.hidden_size, num_layers=args.num_layers,
+        batch_size=args.batch_size or 64, lr=args.lr, warmup=200 if args.warmup is None else args.warmup,
+        hidden_size=args.hidden_size, num_layers=args.num_layers,
         intermediate_size=args.intermediate_size, seed=args.seed, command=command,
     )
     print(json.dumps(facts["accuracy"]), f"mean {facts['mean_accuracy']:.3f}", f"{facts['minutes']} min")

@@ -88,7 +88,7 @@ def test_the_source_gives_trace_metrics_and_answer_budgets():
     assert [t.name for t in tasks] == DEFAULT_DOMAIN_STREAM
     assert {t.name: t.metric for t in tasks} == {
         "stance": "accuracy", "meeting": "rouge_l", "code": "edit_similarity", "science": "choice_accuracy",
-        "arithmetic": "accuracy", "simplify": "sari"}
+        "simplify": "sari"}
     for t in tasks:
         assert t.max_new_tokens >= max(len(t.test[i]["answer"]) for i in range(len(t.test)))
     simplify = tasks[-1].test[0]

@@ -181,8 +181,9 @@ DOMAIN_TASKS: dict[str, tuple[Callable[[random.Random], Example], str, str]] = {
     "arithmetic": (_arithmetic, "accuracy", "NumGLUE-cm"),
     "simplify": (_simplify, "sari", "20Minuten"),
 }
-#: The default stream of ``configs/llm_cl.yaml``, in TRACE's order (``fomc`` is left out to keep it short).
-DEFAULT_DOMAIN_STREAM = ["stance", "meeting", "code", "science", "arithmetic", "simplify"]
+#: The default stream of ``configs/llm_cl.yaml``, in TRACE's order (``fomc`` and ``arithmetic`` are left out
+#: to keep it within a few CPU minutes).
+DEFAULT_DOMAIN_STREAM = ["stance", "meeting", "code", "science", "simplify"]
 
 
 def domain_examples(task: str, n_train: int, n_test: int, seed: int = 0) -> tuple[list[Example], list[Example]]:
