@@ -109,3 +109,30 @@ def test_per_task_schedules_accept_one_number_or_one_per_task():
         TaskStreamDataModule(Source(), epochs_per_task=[1, 0, 2])
     with pytest.raises(ValueError, match="data.steps_per_task must be a positive integer"):
         TaskStreamDataModule(Source(), steps_per_task=[3, -1, 2])
+
+
+class _LRTrace:
+    """Records the learning rate of every optimizer step (a Lightning callback)."""
+
+    def __init__(self):
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_a_per_task_schedule_trains_each_task_its_steps_with_its_own_cosine(tmp_path):
+    from helpers import lm_args
+    from lightning.pytorch import Callback
+
+    from moram.module import lr_factor
+
+    trace = type("LRTrace", (_LRTrace, Callback), {})()
+    args = lm_args(tmp_path, "--data.steps_per_task", "[3, 6]", "--model.warmup_steps", "0")
+    cli = main(args[1:], run=False)
+    cli.trainer.callbacks.append(trace)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 9
+    lr = cli.model.lr
+    expected = [lr * lr_factor("cosine", s, n, 0) for n in (3, 6) for s in range(n)]
+    assert trace.lrs == pytest.approx(expected)
