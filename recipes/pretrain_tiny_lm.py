@@ -1,15 +1,19 @@
-"""Recipe: pretrain moram's offline default language model, a tiny LLaMA, on a mixture of generated digit tasks.
+"""Recipe: pretrain moram's two shipped tiny LLaMAs (character tokenizer) from scratch.
 
-``python -m recipes.pretrain_tiny_lm`` (from the repository root) builds the character tokenizer
-(:func:`moram.backbones.lm.tiny.char_tokenizer`)
-and a tiny LLaMA from config, trains *all* its weights with the answer-masked causal loss
-(:func:`moram.backbones.lm.batch.encode_causal`) on the mixture :data:`PRETRAINING_MIXTURE` (copy, reverse, sort,
-increment, each on digit strings and on letter strings a..j), measures greedy exact match per task, and
-writes the model, the tokenizer and a ``README.md`` model card (recipe, accuracy, SHA-256 of the weights) with
-``save_pretrained`` to ``--out`` (default: the shipped ``moram/assets/tiny_llama``).
+``python -m recipes.pretrain_tiny_lm`` (from the repository root; ``--mixture broad``, the default) builds the
+character tokenizer over the default alphabet plus :data:`moram.data.domain_text.EXTRA_ALPHABET` and a tiny
+LLaMA from config, and trains *all* its weights (:func:`pretrain_broad_lm`) on the broad mixture of
+:func:`moram.data.domain_text.pretraining_examples`: the *inputs* of the seven generated domains (language
+modelling of their text, copying spans of it), never a task's answer. The card records the copy accuracy
+and each domain task's zero-shot exact match. Output: ``moram/assets/tiny_llama_broad`` (``model:
+packaged-broad``), the base of ``configs/llm_cl.yaml``. The shipped weights were made with
+``--threads 2 --steps 300 --warmup 30`` (the machine was shared; the default is 1,500 steps).
 
-The continual stream (``configs/llm_cl.yaml``) then teaches *new* instructions to this frozen base
-with atoms, the way a real pretrained model is used: atoms on a frozen random model cannot learn them.
+``--mixture digits`` (:func:`pretrain_tiny_lm`) trains on :data:`PRETRAINING_MIXTURE` (copy, reverse, sort,
+increment, each on digit strings and on letter strings a..j) and writes ``moram/assets/tiny_llama``
+(``model: packaged``), the base of ``configs/llm_cl_adversarial.yaml``, which teaches it *new*
+instructions over the same strings. Either writes the model, the tokenizer and a ``README.md`` model card
+(recipe, accuracy, SHA-256 of the weights) with ``save_pretrained`` to ``--out``.
 
 This is a plain PyTorch loop, not a LightningModule: one CPU process, a few minutes, nothing to
 resume or shard; the functions here (:func:`train_steps`, :func:`greedy_answers`,
@@ -297,8 +301,8 @@ def _card(f: dict[str, Any], sha: str, size: int) -> str:
 A {f["params"]:,}-parameter LLaMA (`LlamaForCausalLM`: hidden {c["hidden_size"]}, {c["num_layers"]} layers,
 {c["num_heads"]} heads, MLP {c["intermediate_size"]}, tied embeddings) with a character-level tokenizer
 (`moram.backbones.lm.tiny.char_tokenizer`), trained from scratch by moram on generated digit tasks.
-It is the frozen base of the offline continual-learning default `configs/llm_cl.yaml`, which teaches
-it *new* instructions (decrement, sort descending, rotate, swap pairs) with MoRAM atoms.
+It is the frozen base of `configs/llm_cl_adversarial.yaml` (the offline LLM default until issue 22), which
+teaches it *new* instructions (decrement, sort descending, rotate, swap pairs) with MoRAM atoms.
 
 ## File
 
