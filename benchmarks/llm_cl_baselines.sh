@@ -1,17 +1,22 @@
 #!/bin/bash
-# The side-by-side LLM table (benchmarks/results/llm_cl_baselines/): MoRAM, sequential LoRA, O-LoRA,
-# MoE-LoRA, rank-r experts (MoRAM's routing over rank-8 blocks, the LLM tau and scale) and zero-shot
-# on configs/llm_cl.yaml, per seed, under one of two settings:
+# The side-by-side LLM table: MoRAM, sequential LoRA, O-LoRA, MoE-LoRA, rank-r experts (MoRAM's routing
+# over rank-8 blocks, the LLM tau and scale) and zero-shot on an LLM config (CONFIG, default
+# configs/llm_cl.yaml: the TRACE-shaped domain stream, benchmarks/results/llm_domains/; the former default
+# is configs/llm_cl_adversarial.yaml, benchmarks/results/llm_cl_baselines/), per seed, under one of two settings:
 #
 #   project   the config as shipped: lr 3e-3, 10 warmup steps then cosine per task, no clipping
 #   official  the official MoRAM/TRACE optimiser settings: lr 5e-4 constant, no warmup, clip 1.0
 #             (betas 0.9/0.95 and the atom settings are the config's in both)
 #
-# Usage: bash benchmarks/llm_cl_baselines.sh SETTING OUT SEED...    e.g.  ... project runs/llm 0 1 2
+# Every method gets the same learning rate and schedule (no method is tuned alone).
+#
+# Usage: [CONFIG=...] [METHODS="moram seq_lora ..."] bash benchmarks/llm_cl_baselines.sh SETTING OUT SEED...
+#   e.g.  bash benchmarks/llm_cl_baselines.sh project benchmarks/results/llm_domains 0 1 2
 # Each (method, seed) is one `moram fit` into OUT/SETTING/METHOD/seedS; finished ones are skipped, so
 # an interrupted call resumes; a trailing --report-only tabulates the finished runs and fits nothing.
-# OUT/SETTING/comparison.md is the table. About 4-6 CPU-minutes a run
-# (1 thread); the two settings in parallel on 2 cores: 35 runs in about 75 min.
+# METHODS (default: all six) fits a subset -- two calls with disjoint METHODS can share OUT on two
+# cores; a final call with all methods and --report-only writes the whole table.
+# OUT/SETTING/comparison.md is the table.
 set -euo pipefail
 setting=${1:?SETTING: project or official}; out=${2:?OUT folder}; shift 2
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,10 +28,17 @@ case $setting in
   *) echo "SETTING must be project or official, got '$setting'" >&2; exit 2 ;;
 esac
 cd "$here"
-exec python benchmarks/compare.py --config configs/llm_cl.yaml --seeds "$@" --out "$out/$setting" \
-  --run moram="$USAGE $S" \
-  --run seq_lora="--model.method moram.baselines.SequentialLoRA --model.method.rank 8 $S" \
-  --run o_lora="--model.method moram.baselines.OLoRA $S" \
-  --run moe_lora="--model.method moram.baselines.MoELoRA --model.method.rank 8 $USAGE $S" \
-  --run rank_r_experts="--model.method moram.baselines.RankRExperts --model.method.rank 8 --model.method.temperature 0.03 --model.method.scale 2.0 $USAGE $S" \
-  "${extra[@]}"
+declare -A RUN=(
+  [moram]="$USAGE $S"
+  [seq_lora]="--model.method moram.baselines.SequentialLoRA --model.method.rank 8 $S"
+  [o_lora]="--model.method moram.baselines.OLoRA $S"
+  [moe_lora]="--model.method moram.baselines.MoELoRA --model.method.rank 8 $USAGE $S"
+  [rank_r_experts]="--model.method moram.baselines.RankRExperts --model.method.rank 8 --model.method.temperature 0.03 --model.method.scale 2.0 $USAGE $S"
+)
+runs=()
+for m in ${METHODS:-moram seq_lora o_lora moe_lora rank_r_experts zero_shot}; do
+  if [[ $m == zero_shot ]]; then runs+=("${extra[@]}"); continue; fi
+  [[ -n ${RUN[$m]+x} ]] || { echo "METHODS: unknown method '$m' (moram seq_lora o_lora moe_lora rank_r_experts zero_shot)" >&2; exit 2; }
+  runs+=(--run "$m=${RUN[$m]}")
+done
+exec python benchmarks/compare.py --config "${CONFIG:-configs/llm_cl.yaml}" --seeds "$@" --out "$out/$setting" "${runs[@]}"

@@ -451,11 +451,17 @@ class ContinualModule(LightningModule):
                 return None  # a method that adapts nothing (zero-shot)
             raise ValueError("no trainable atom parameters; check model.atoms.targets and the layer options")
         optimizer = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
-        total, warmup = self.steps_per_task, self.warmup_steps
-        if total is None:
-            total = getattr(getattr(self._trainer, "datamodule", None), "steps_per_task", None)
-            if total is None:
+        fixed, warmup = self.steps_per_task, self.warmup_steps
+        data = getattr(self._trainer, "datamodule", None)
+        per_task = getattr(data, "steps_for", None) if fixed is None else None
+        if fixed is None and not callable(per_task):
+            fixed = getattr(data, "steps_per_task", None)
+            if fixed is None:
                 raise ValueError("model.steps_per_task is null and the datamodule has no steps_per_task; set it")
+
+        def total() -> int:  # the present task's length: streams may give one per task (data.steps_per_task)
+            return per_task(getattr(data, "current_task", 0)) if callable(per_task) else int(fixed)  # type: ignore[arg-type]
+
         schedule = self.lr_schedule
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(schedule, s, total, warmup))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(schedule, s, total(), warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -80,9 +80,9 @@ CONFIGS = {
 
 
 def lm_args(tmp_path, *extra, subcommand="fit"):
-    """``moram`` arguments: the LLM default config shrunk to a tiny LLaMA and two short tasks."""
+    """``moram`` arguments: the digit-string LLM config shrunk to a tiny LLaMA and two short tasks."""
     return [
-        subcommand, "--config", str(ROOT / "configs" / "llm_cl.yaml"),
+        subcommand, "--config", str(ROOT / "configs" / "llm_cl_adversarial.yaml"),
         "--model.backbone.model", "null", "--model.backbone.config", json.dumps(CONFIGS["llama"]),
         "--model.backbone.tokenizer", "char",
         "--model.backbone.max_new_tokens", "6",

@@ -23,10 +23,14 @@ MOVED = ("model_config", "pretrained", "model", "config", "tokenizer", "max_new_
 OLD_TO_NEW = {f"--model.{option}": f"--model.backbone.{option}" for option in MOVED}
 
 
+#: Configs renamed since: the fixture's LM run used the former LLM default, now the adversarial stream.
+RENAMED = {"configs/llm_cl.yaml": "configs/llm_cl_adversarial.yaml"}
+
+
 def new_args(name: str) -> list[str]:
-    """The fixture run's options in today's form (the configs' own paths are unchanged)."""
+    """The fixture run's options in today's form (renamed options and configs)."""
     old = json.loads((FIXTURE / f"{name}_args.json").read_text())
-    return [OLD_TO_NEW.get(arg, arg) for arg in old]
+    return [RENAMED.get(arg, OLD_TO_NEW.get(arg, arg)) for arg in old]
 
 
 @pytest.mark.parametrize("name", ["clip", "lm"])

@@ -26,11 +26,11 @@ def test_accuracy_is_equality_after_stripping():
     assert scores == [100.0, 0.0, 0.0]  # case matters for accuracy (exact_match lowercases)
 
 
-def test_accuracy_uses_the_answer_letter_for_scienceqa_references():
-    # TRACE's eval_ScienceQA.resolve: the one character after the first "Answer: ".
-    reference = "Answer: A\nBecause wax makes the board slide faster."
-    predictions = ["Answer: A\nBecause it is shiny.", "Answer: B\nBecause wax makes the board slide faster.", "A"]
-    assert tm.example_scores("accuracy", predictions, [reference] * 3) == [100.0, 0.0, 0.0]
+def test_choice_accuracy_compares_the_first_letters_as_trace_scienceqa():
+    # TRACE's eval_ScienceQA.resolve: the first character of each side ("B\nBecause ..." -> "B").
+    reference = "A\nBecause wax makes the board slide faster."
+    predictions = ["A\nBecause it is shiny.", "B\nBecause wax makes the board slide faster.", "A", "Answer: B"]
+    assert tm.example_scores("choice_accuracy", predictions, [reference] * 4) == [100.0, 0.0, 100.0, 100.0]
 
 
 def test_accuracy_of_empty_text_is_zero_as_in_trace():

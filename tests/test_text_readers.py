@@ -38,7 +38,7 @@ def test_trace_default_order_metrics_and_contents(tmp_path):
     assert all(isinstance(t, TextTask) for t in tasks)
     assert {t.name: t.metric for t in tasks} == {
         "C-STANCE": "accuracy", "FOMC": "accuracy", "MeetingBank": "rouge_l", "Py150": "edit_similarity",
-        "ScienceQA": "accuracy", "NumGLUE-cm": "accuracy", "NumGLUE-ds": "accuracy", "20Minuten": "sari",
+        "ScienceQA": "choice_accuracy", "NumGLUE-cm": "accuracy", "NumGLUE-ds": "accuracy", "20Minuten": "sari",
     }
     fomc = tasks[1]
     assert (len(fomc.train), len(fomc.test)) == (3, 2)

@@ -1,6 +1,7 @@
 """The task stream as a LightningDataModule: one ``fit`` runs every task, one epoch is one task.
 
-``train_dataloader()`` serves task ``trainer.current_epoch`` for ``steps_per_task`` optimizer steps
+``train_dataloader()`` serves task ``trainer.current_epoch`` for its optimizer steps (``steps_per_task``:
+one number for every task or a list with one per task; or ``epochs_per_task``, likewise)
 (run the Trainer with ``reload_dataloaders_every_n_epochs=1`` and ``max_epochs=num_tasks``);
 ``val_dataloader()`` / ``test_dataloader()`` return one loader per task, in task order, so
 ``dataloader_idx`` is the task index. Resuming mid-task is ordinary Lightning resume: the train
@@ -11,6 +12,8 @@ module's own state (seed, few-shot indices, task names) in ``state_dict()``.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,16 @@ def _labels_of(data: Dataset) -> torch.Tensor:
     if isinstance(labels, torch.Tensor):
         return labels.long()
     return torch.tensor([int(data[i][1]) for i in range(len(data))])  # type: ignore[arg-type]
+
+
+def _schedule(option: str, value: Any, integer: bool) -> list[Any]:
+    """``value`` (one number or a list with one per task) as a list, each checked positive."""
+    values = list(value) if isinstance(value, Sequence) else [value]
+    kind = "integer" if integer else "number"
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0]
+    if not values or bad or (integer and any(not isinstance(v, int) for v in values)):
+        raise ValueError(f"data.{option} must be a positive {kind} or a list of them (one per task), got {value}")
+    return values
 
 
 def select_shots(task: Task, shots: int, seed: int, task_index: int) -> list[int]:
@@ -60,7 +73,13 @@ class TaskStreamDataModule(LightningDataModule):
         source: Builds the tasks, e.g. ``moram.data.digits.DigitsTasks``.
         batch_size: Global training batch size (all processes together); divisible by the world size.
         eval_batch_size: Batch size of each validation / test loader, per process.
-        steps_per_task: Optimizer steps (global batches) per task.
+        steps_per_task: Optimizer steps (global batches) per task: one number for every task, or a list
+            with one number per task in stream order.
+        epochs_per_task: Instead of ``steps_per_task``: passes over each task's training set, one number
+            or a list with one per task (TRACE's runner gives ``2,1,3,2,1,2,2,3``). A task of n examples
+            then trains for ``ceil(epochs * n / batch_size)`` steps: exactly ``epochs * n`` examples are
+            drawn (each pass a fresh permutation), so with n not a multiple of the batch a batch may
+            straddle two passes. When set, ``steps_per_task`` is ignored.
         shots: If set, train each task on this many samples per class, drawn with ``seed``; the chosen
             indices are kept in ``shot_indices``, in checkpoints and in ``shot_indices.json`` in the
             trainer's log dir.
@@ -73,19 +92,18 @@ class TaskStreamDataModule(LightningDataModule):
         source: TaskSource,
         batch_size: int = 32,
         eval_batch_size: int = 256,
-        steps_per_task: int = 100,
+        steps_per_task: int | list[int] = 100,
         shots: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        epochs_per_task: float | list[float] | None = None,
     ) -> None:
         super().__init__()
-        for option, value in (
-            ("batch_size", batch_size),
-            ("eval_batch_size", eval_batch_size),
-            ("steps_per_task", steps_per_task),
-        ):
+        for option, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ValueError(f"data.{option} must be a positive integer, got {value}")
+        steps = _schedule("steps_per_task", steps_per_task, integer=True)
+        epochs = None if epochs_per_task is None else _schedule("epochs_per_task", epochs_per_task, integer=False)
         if shots is not None and shots < 1:
             raise ValueError(f"data.shots must be a positive integer or null (all samples), got {shots}")
         if num_workers < 0:
@@ -96,6 +114,14 @@ class TaskStreamDataModule(LightningDataModule):
         self._num_tasks = int(source.num_tasks)
         if self._num_tasks < 1:
             raise ValueError(f"data.source announces {self._num_tasks} tasks; it must give at least one")
+        for option, values in (("steps_per_task", steps), ("epochs_per_task", epochs)):
+            if values is not None and len(values) not in (1, self._num_tasks):
+                raise ValueError(
+                    f"data.{option} lists {len(values)} values but the stream has {self._num_tasks} tasks; "
+                    "give one number or one per task"
+                )
+        self.epochs_per_task = epochs_per_task
+        self._steps, self._epochs = steps, epochs
         self._tasks: list[Any] | None = None
         self.shot_indices: dict[str, list[int]] | None = None
         self._shots_written = False
@@ -125,6 +151,14 @@ class TaskStreamDataModule(LightningDataModule):
             self.shot_indices = {t.name: select_shots(t, self.shots, self.seed, i) for i, t in enumerate(self._tasks)}
         return self._tasks
 
+    def steps_for(self, task_index: int) -> int:
+        """Optimizer steps of task ``task_index`` (from ``epochs_per_task`` when set, else ``steps_per_task``)."""
+        if self._epochs is not None:
+            epochs = self._epochs[task_index if len(self._epochs) > 1 else 0]
+            size = len(self.train_set(task_index))  # type: ignore[arg-type]
+            return max(1, math.ceil(epochs * size / self.batch_size - 1e-9))
+        return self._steps[task_index if len(self._steps) > 1 else 0]
+
     # -- Lightning hooks ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         self.tasks  # noqa: B018 - build and check the tasks now, on every rank
@@ -152,7 +186,7 @@ class TaskStreamDataModule(LightningDataModule):
             )
         index = self.current_task
         data = self.train_set(index)
-        sampler = TaskBatchSampler(len(data), self.batch_size, self.steps_per_task, self.seed, index, rank, world)  # type: ignore[arg-type]
+        sampler = TaskBatchSampler(len(data), self.batch_size, self.steps_for(index), self.seed, index, rank, world)  # type: ignore[arg-type]
         self._write_shots()
         return TaskLoader(data, sampler, num_workers=self.num_workers)
 

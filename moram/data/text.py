@@ -16,7 +16,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 #: Per-task scores a text task may name (see :mod:`moram.backbones.lm.metrics`).
-TEXT_METRICS = ("accuracy", "exact_match", "rouge_l", "edit_similarity", "sari")
+TEXT_METRICS = ("accuracy", "choice_accuracy", "exact_match", "rouge_l", "edit_similarity", "sari")
 
 
 class TextDataset(Dataset):
@@ -64,6 +64,9 @@ class TextTask:
         test: Evaluation examples.
         metric: How a generated answer is scored against the reference: one of :data:`TEXT_METRICS`.
         max_new_tokens: Generation budget for this task's answers; None takes the module's setting.
+        max_length: Longest training sequence (prompt and answer, in tokens) of this task; a generated
+            answer's prompt is cut to ``max_length - max_new_tokens``. None takes the backbone's
+            ``max_length``. (TRACE gives MeetingBank 4096 prompt tokens, the other tasks 1024.)
 
     Example:
         >>> data = TextDataset([{"prompt": "copy: ab =", "answer": "ab"}])
@@ -76,6 +79,7 @@ class TextTask:
     test: Dataset
     metric: str = "exact_match"
     max_new_tokens: int | None = None
+    max_length: int | None = None
 
     def check(self) -> TextTask:
         """Raise ``ValueError`` naming the task if it cannot be trained or evaluated; return ``self``."""
@@ -92,4 +96,6 @@ class TextTask:
                 )
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"task {self.name!r}: max_new_tokens must be positive, got {self.max_new_tokens}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"task {self.name!r}: max_length must be at least 2, got {self.max_length}")
         return self

@@ -41,7 +41,8 @@ class LMBackbone(Backbone):
             tokenizer.
         dtype: load the weights in ``float32`` / ``bfloat16`` / ``float16`` (null: as stored).
         include_mlp: also adapt the feed-forward linears (default targets only).
-        max_length: longest training / prompt sequence in tokens (prompts are cut from the left).
+        max_length: longest training sequence (prompt and answer) in tokens; prompts are cut from the left,
+            to ``max_length - max_new_tokens`` for generation. A task's own ``max_length`` wins.
         max_new_tokens: generation budget per answer (a task's own ``max_new_tokens`` wins).
         num_beams: beams of the evaluation generation (1: greedy).
         trust_remote_code: allow models with custom code from their folder / hub id.
@@ -98,19 +99,22 @@ class LMBackbone(Backbone):
         return prepare_lm(model, atoms, include_mlp=self.include_mlp, method=method)
 
     # ------------------------------------------------------------------ training
-    def answer_loss(self, host: ContinualModule, prompts: list[str], answers: list[str]) -> tuple[Tensor, Tensor]:
+    def answer_loss(
+        self, host: ContinualModule, prompts: list[str], answers: list[str], max_length: int | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Summed cross-entropy over the answer tokens of a batch, and the number of those tokens."""
         from moram.backbones.lm.batch import IGNORE, encode_causal, encode_seq2seq
 
         lm = host.model
+        max_length = max_length or self.max_length
         if self.is_seq2seq:
-            enc = _to(encode_seq2seq(self.tokenizer, prompts, answers, self.max_length), host.device)
+            enc = _to(encode_seq2seq(self.tokenizer, prompts, answers, max_length), host.device)
             labels = enc.pop("labels")
             decoder_inputs = lm.prepare_decoder_input_ids_from_labels(labels=labels)
             logits = lm(**enc, decoder_input_ids=decoder_inputs).logits
             targets = labels
         else:
-            enc = _to(encode_causal(self.tokenizer, prompts, answers, self.max_length), host.device)
+            enc = _to(encode_causal(self.tokenizer, prompts, answers, max_length), host.device)
             labels = enc.pop("labels")
             logits = lm(**enc).logits[:, :-1]
             targets = labels[:, 1:]
@@ -120,7 +124,10 @@ class LMBackbone(Backbone):
         return loss, (targets != IGNORE).sum()
 
     def training_loss(self, host: ContinualModule, batch: dict[str, list[str]], task: int) -> StepLoss:
-        total, tokens = self.answer_loss(host, list(batch["prompt"]), list(batch["answer"]))
+        spec = host.stream.tasks[task]
+        total, tokens = self.answer_loss(
+            host, list(batch["prompt"]), list(batch["answer"]), getattr(spec, "max_length", None)
+        )
         # divide by the global token count, times the world size that DDP's gradient mean divides by
         world = host.trainer.world_size
         strategy = host.trainer.strategy
@@ -130,20 +137,27 @@ class LMBackbone(Backbone):
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, host: ContinualModule, prompts: list[str], max_new_tokens: int | None = None) -> list[str]:
+    def generate(
+        self,
+        host: ContinualModule,
+        prompts: list[str],
+        max_new_tokens: int | None = None,
+        max_length: int | None = None,
+    ) -> list[str]:
         """Answers generated for ``prompts`` (greedy, or ``num_beams`` beam search), decoded and stripped."""
         from moram.backbones.lm.batch import decode_answers, encode_causal_prompts, encode_seq2seq
 
         budget = max_new_tokens or self.max_new_tokens
+        max_length = max_length or self.max_length
         settings = {
             "max_new_tokens": budget, "do_sample": False, "num_beams": self.num_beams,
             "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id,
         }
         lm = host.model
         if self.is_seq2seq:
-            enc = _to(encode_seq2seq(self.tokenizer, prompts, None, self.max_length), host.device)
+            enc = _to(encode_seq2seq(self.tokenizer, prompts, None, max_length), host.device)
             return decode_answers(self.tokenizer, lm.generate(**enc, **settings))
-        enc = _to(encode_causal_prompts(self.tokenizer, prompts, max(self.max_length - budget, 1)), host.device)
+        enc = _to(encode_causal_prompts(self.tokenizer, prompts, max(max_length - budget, 1)), host.device)
         out = lm.generate(**enc, **settings)
         return decode_answers(self.tokenizer, out[:, enc["input_ids"].shape[1] :])
 
@@ -155,7 +169,9 @@ class LMBackbone(Backbone):
 
         spec = host.stream.tasks[task]
         prompts, answers = list(batch["prompt"]), list(batch["answer"])
-        predictions = self.generate(host, prompts, getattr(spec, "max_new_tokens", None))
+        predictions = self.generate(
+            host, prompts, getattr(spec, "max_new_tokens", None), getattr(spec, "max_length", None)
+        )
         sources = list(batch["source"]) if "source" in batch else prompts
         scores = example_scores(spec.metric, predictions, answers, sources)
         records = None
@@ -169,7 +185,9 @@ class LMBackbone(Backbone):
     def predict(self, host: ContinualModule, batch: Any, task: int) -> list[str]:
         """Generated answers for the batch's prompts."""
         spec = host.stream.tasks[task]
-        return self.generate(host, list(batch["prompt"]), getattr(spec, "max_new_tokens", None))
+        return self.generate(
+            host, list(batch["prompt"]), getattr(spec, "max_new_tokens", None), getattr(spec, "max_length", None)
+        )
 
 
 def _to(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:

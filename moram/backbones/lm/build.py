@@ -182,6 +182,10 @@ def load_lm(
         from moram.backbones.lm.tiny import tiny_lm_path
 
         model = str(tiny_lm_path())
+    elif model == "packaged-broad":
+        from moram.backbones.lm.tiny import BROAD_LM_DIR
+
+        model = str(BROAD_LM_DIR)
     lm: Any
     if model is not None:
         lm = _from_pretrained(model, torch_dtype, trust_remote_code)

@@ -11,15 +11,23 @@ difference below is shown on a concrete case in ``tests/test_text_metrics.py``, 
 torchmetrics gives none of the five benchmark definitions, so each score is our own; torchmetrics serves SARI's
 ``13a`` tokenisation, which is sacreBLEU's, and is used through :func:`tokenize_13a`.
 
-- ``accuracy`` (TRACE's classification score, ``caculate_accuracy``): 100 when the prediction equals the
-  reference, else 0. TRACE's ScienceQA rule is built in: when the reference starts with
-  ``"Answer: "`` (ScienceQA's ``"Answer: B\nBecause ..."`` format), both sides are reduced to the one
-  character after their first ``"Answer: "`` (nothing if absent), as TRACE's ``eval_ScienceQA.resolve``
-  does, so the reasoning that follows does not count. An empty prediction or reference scores 0 (TRACE
-  skips such pairs but still divides by their number). *Not torchmetrics*: its classification accuracy
-  takes class indices, not generated strings, and its only string match, ``squad``'s exact match,
-  lowercases and drops punctuation and articles, while TRACE compares the raw strings (``"Dovish"`` vs
-  ``"dovish"``: TRACE 0, ``squad`` 100).
+- ``accuracy`` (TRACE's classification score, ``caculate_accuracy``, for C-STANCE, FOMC, NumGLUE-cm and
+  NumGLUE-ds): 100 when the prediction equals the reference, else 0. The strings are compared as they are
+  (after the stripping above): ``"A."`` against ``"A"``, ``"17.0"`` against ``"17"`` and ``"A\nbecause"``
+  against ``"A"`` all score 0, as in TRACE (BeyonderXX/TRACE; the MoRAM fork of TRACE scores NumGLUE with a
+  maths answer parser instead, under which ``"17.0"`` matches ``"17"``: not reproduced). An empty prediction
+  or reference scores 0 (TRACE skips such pairs but still divides by their number). The one difference from
+  TRACE: TRACE does not strip, so a prediction ``"A "`` scores 0 there and 100 here (moram's generated answers
+  are stripped before scoring in any case). *Not torchmetrics*: its classification accuracy takes class
+  indices, not generated strings, and its only string match, ``squad``'s exact match, lowercases and drops
+  punctuation and articles, while TRACE compares the raw strings (``"Dovish"`` vs ``"dovish"``: TRACE 0,
+  ``squad`` 100).
+- ``choice_accuracy`` (TRACE's ScienceQA score, ``eval_ScienceQA``): ScienceQA's references are
+  ``"B\nThere are four kinds of sentences ..."`` (the letter, a newline, the reasoning); TRACE's ``resolve``
+  keeps the *first character* of prediction and reference and compares those, so ``"B. because ..."``,
+  ``"B\nanything"`` and ``"B"`` all match ``"B\n..."``, and ``"Answer: B"`` does not (its first character is
+  ``A``). Text is stripped first, as the MoRAM fork's ``resolve`` does (BeyonderXX/TRACE does not strip, and
+  fails on an empty answer); an empty prediction scores 0.
 - ``exact_match`` (O-LoRA's and Super-NaturalInstructions' ``exact_match``): both sides are lowercased,
   stripped of ASCII punctuation (:data:`string.punctuation`) and their whitespace runs collapsed to
   one space (``" ".join(text.split())``); 100 when equal. Two empty strings match. *Not torchmetrics*:
@@ -79,7 +87,6 @@ _13A = [
     (re.compile(r"([\.,])([^0-9])"), r" \1 \2"),  # period and comma unless followed by a digit
     (re.compile(r"([0-9])(-)"), r"\1 \2 "),  # dash preceded by a digit
 ]
-_ANSWER = "Answer: "
 _LITERAL = re.compile(r"<(STR|NUM|CHAR)_LIT:(.*?)>", re.S)
 
 
@@ -167,14 +174,13 @@ def tokenize_13a(text: str) -> str:
 
 
 def answer_choice(text: str) -> str:
-    r"""The one character after the first ``"Answer: "`` (TRACE's ScienceQA answer), or ``""`` when absent.
+    r"""TRACE's ScienceQA answer: the first character of the stripped text (``""`` for empty text).
 
     Example:
-        >>> answer_choice("Answer: C\nBecause the wax ...")
+        >>> answer_choice("C\nBecause the wax ...")
         'C'
     """
-    at = text.find(_ANSWER)
-    return "" if at < 0 else text[at + len(_ANSWER) : at + len(_ANSWER) + 1]
+    return text.strip()[:1]
 
 
 def _f1(precision: float, recall: float) -> float:
@@ -187,11 +193,14 @@ def _f1(precision: float, recall: float) -> float:
 def accuracy_score(prediction: str, reference: str) -> float:
     """``accuracy`` of one pair, 0 or 100 (see the module docstring)."""
     prediction, reference = prediction.strip(), reference.strip()
-    if reference.startswith(_ANSWER):
-        prediction, reference = answer_choice(prediction), answer_choice(reference)
     if not prediction or not reference:
         return 0.0
     return 100.0 if prediction == reference else 0.0
+
+
+def choice_accuracy_score(prediction: str, reference: str) -> float:
+    """``choice_accuracy`` of one pair (TRACE's ScienceQA), 0 or 100 (see the module docstring)."""
+    return accuracy_score(answer_choice(prediction), answer_choice(reference))
 
 
 def exact_match_score(prediction: str, reference: str) -> float:
@@ -277,6 +286,7 @@ PairScorer = Callable[[str, str], float]
 #: The pairwise scorers, by metric name; ``sari`` is separate because it needs the source.
 PAIR_SCORERS: dict[str, PairScorer] = {
     "accuracy": accuracy_score,
+    "choice_accuracy": choice_accuracy_score,
     "exact_match": exact_match_score,
     "rouge_l": rouge_l_score,
     "edit_similarity": edit_similarity_score,

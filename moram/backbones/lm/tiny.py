@@ -28,6 +28,10 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 DEFAULT_ALPHABET = string.digits + string.ascii_lowercase + " :=,.-+>?"
 
 TINY_LM_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny_llama"
+#: The broad base of ``configs/llm_cl.yaml`` (``model: packaged-broad``): pretrained on the inputs of the
+#: generated domain tasks (``moram.data.domain_text``). ``packaged`` stays the digit base above, unchanged,
+#: so checkpoints of the former default (now ``configs/llm_cl_adversarial.yaml``) keep resuming.
+BROAD_LM_DIR = TINY_LM_DIR.parent / "tiny_llama_broad"
 _REBUILD = ("rebuild it with `python -m recipes.pretrain_tiny_lm` in a moram checkout (see its README.md) "
             "or reinstall moram")
 

@@ -12,7 +12,8 @@ prompt already holds the instruction (e.g. FOMC: ``"What is the monetary policy 
 ...\nStance:"``) and TRACE trains on ``prompt + answer`` with nothing in between, so the prompts are used
 verbatim. ``eval.json`` is not read (TRACE reports the test split). The default order and per-task
 metrics are those of TRACE's scripts (``scripts/train_seq_cl.sh``, ``inference/infer_single.py``):
-accuracy for C-STANCE, FOMC, ScienceQA (on the letter after ``"Answer: "``), NumGLUE-cm and NumGLUE-ds;
+accuracy for C-STANCE, FOMC, NumGLUE-cm and NumGLUE-ds, the answer letter's accuracy (``choice_accuracy``: the
+first character, as TRACE resolves ``"B\nreasoning"``) for ScienceQA;
 ROUGE-L for MeetingBank; edit similarity for Py150; SARI for 20Minuten, whose source is the whole
 prompt as in TRACE (``eval_20Minuten.eval(sources_sequences, ...)`` with the prompts as sources).
 """
@@ -41,7 +42,7 @@ TRACE_METRICS: dict[str, str] = {
     "FOMC": "accuracy",
     "MeetingBank": "rouge_l",
     "Py150": "edit_similarity",
-    "ScienceQA": "accuracy",
+    "ScienceQA": "choice_accuracy",
     "NumGLUE-cm": "accuracy",
     "NumGLUE-ds": "accuracy",
     "20Minuten": "sari",
@@ -67,6 +68,10 @@ class TRACETasks:
         test_split: ``test`` (TRACE's reported split) or ``eval``.
         metrics: Per-task metric overrides or additions, e.g. ``{"Py150": "exact_match"}``.
         max_new_tokens: Generation budget for every task; None leaves it to the module.
+        max_length: Per-task longest training sequence in tokens (prompt and answer; the prompt of a
+            generated answer is cut to ``max_length - max_new_tokens``), e.g. ``{"MeetingBank": 4608}``
+            for TRACE's 4096-token MeetingBank prompts beside the backbone's 1024 + 512; tasks not named
+            take the backbone's ``max_length``.
 
     Example:
         >>> TRACETasks(root="/data/TRACE", order=["FOMC", "Py150"]).num_tasks
@@ -85,6 +90,7 @@ class TRACETasks:
         test_split: str = "test",
         metrics: dict[str, str] | None = None,
         max_new_tokens: int | None = None,
+        max_length: dict[str, int] | None = None,
     ) -> None:
         self.metrics = {**TRACE_METRICS, **(metrics or {})}
         bad = {task: m for task, m in self.metrics.items() if m not in TEXT_METRICS}
@@ -102,6 +108,13 @@ class TRACETasks:
         if test_split not in ("test", "eval"):
             raise ValueError(f"data.source.test_split must be 'test' or 'eval', got {test_split!r}")
         check_limits(max_train, max_test)
+        self.max_length = dict(max_length or {})
+        stray = sorted(set(self.max_length) - set(self.order))
+        if stray or any(not isinstance(v, int) or v < 2 for v in self.max_length.values()):
+            raise ValueError(
+                f"data.source.max_length maps tasks of data.source.order to integers >= 2; got {self.max_length}"
+                + (f" (not in the order: {stray})" if stray else "")
+            )
         self.root, self.max_train, self.max_test, self.seed = root, max_train, max_test, seed
         self.test_split, self.max_new_tokens = test_split, max_new_tokens
 
@@ -118,7 +131,9 @@ class TRACETasks:
         metric = self.metrics[name]
         train = self._split(folder / "train.json", metric, self.max_train, f"{name}/train")
         test = self._split(folder / f"{self.test_split}.json", metric, self.max_test, f"{name}/test")
-        return TextTask(name, train, test, metric=metric, max_new_tokens=self.max_new_tokens).check()
+        return TextTask(
+            name, train, test, metric=metric, max_new_tokens=self.max_new_tokens, max_length=self.max_length.get(name)
+        ).check()
 
     def _split(self, path: Path, metric: str, limit: int | None, salt: str) -> TextDataset:
         records = read_records(self.benchmark, require_file(self.benchmark, path, LAYOUT))
