@@ -65,6 +65,9 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True")
     # FSDP2: last.ckpt is a folder rewritten at every save, by design.
     warnings.filterwarnings("ignore", message=r"Detected an existing checkpoint in .*last")
+    # On a machine with SLURM installed, Lightning says on every run outside a job that srun "is available but
+    # not used"; moram's cluster path is configs/cluster/slurm.sbatch (srun moram fit), documented in the README.
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
     # Advertisements for cloud services, printed by Lightning on every run.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning_utilities.core.rank_zero", "lightning.pytorch", "lightning.fabric"):
