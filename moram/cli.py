@@ -42,6 +42,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from moram.cli_help import HELP_GUIDE, nested_help
 from moram.protocols import is_task_stream
+from moram.runs import flat_options as _flat
 
 TRACEBACK_ENV = "MORAM_TRACEBACK"
 LOG_NAME = "lightning_logs"
@@ -127,15 +128,6 @@ def continual_callbacks(configured: list[Callback], model: object = None, progre
     return defaults
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    """``value``'s leaves by dotted option name (``init_args`` levels left out, as the command line names them)."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            name = prefix if key == "init_args" else (f"{prefix}.{key}" if prefix else str(key))
-            out.update(_flat(item, name))
-        return out
-    return {prefix: list(value) if isinstance(value, tuple) else value}
 
 
 def _restore_nulls(node: Any) -> None:

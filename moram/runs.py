@@ -64,12 +64,17 @@ def finished_run(run_dir: Path | None) -> bool:
         return False
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+def flat_options(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``value``'s leaves by dotted option name (``init_args`` levels left out, as the command line names them).
+
+    >>> flat_options({"source": {"class_path": "X", "init_args": {"size": 8}}, "seed": 0})
+    {'source.class_path': 'X', 'source.size': 8, 'seed': 0}
+    """
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
             name = prefix if key == "init_args" else (f"{prefix}.{key}" if prefix else str(key))
-            out.update(_flat(item, name))
+            out.update(flat_options(item, name))
         return out
     return {prefix: list(value) if isinstance(value, tuple) else value}
 
@@ -88,7 +93,7 @@ def stored_data_options(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, yaml.YAMLError):
         return None
     data = config.get("data") if isinstance(config, dict) else None
-    return _flat(data) if isinstance(data, dict) else None
+    return flat_options(data) if isinstance(data, dict) else None
 
 
 def data_differences(stored: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
