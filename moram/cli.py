@@ -397,6 +397,8 @@ class MoramCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path or not Path(ckpt_path).exists():  # a file, or an FSDP2 folder of shards
             return
+        if given == "last":
+            return  # select_run compared this checkpoint's model settings already: they agree
         diff = self._model_differences(subcommand, ckpt_path)
         if diff:
             raise CheckpointError(

@@ -8,8 +8,8 @@ command fails before its run wrote anything worth keeping (a checkpoint, results
 the run folder this logger created is removed again, so failed starts leave no empty
 ``version_N`` behind. Folders that existed before the command are never removed.
 
-``moram fit`` uses it when no logger is configured, and in place of
-``lightning.pytorch.loggers.CSVLogger`` (same options) when a run is resumed.
+``moram fit`` uses it when no logger is configured, and in place of a configured
+``lightning.pytorch.loggers.CSVLogger`` (same options).
 
 Example::
 

@@ -14,7 +14,7 @@ wrote: ``config.yaml``, ``metrics.csv``, ``continual_metrics*.json``, ``checkpoi
 * A resumed run appends: ``metrics.csv`` keeps its rows (:class:`moram.loggers.AppendingCSVLogger`), the
   first ``config.yaml`` stays, a resumed config that differs is stored beside it as
   ``config_resumed_K.yaml``, and ``history.jsonl`` gets one line per start or resume (the
-  :class:`moram.callbacks.run_folder.RunFolderCallback`).
+  :class:`moram.run_folder.RunFolderConfig`).
 
 These functions read files only; they write nothing.
 """
