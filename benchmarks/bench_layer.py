@@ -206,13 +206,12 @@ def source_fingerprint() -> str:
     import hashlib
 
     import moram.adapters.layer
-    import moram.atoms.bank
     import moram.atoms.kernels
     import moram.atoms.linear
     import moram.atoms.routing
 
     digest = hashlib.sha256()
-    modules = (moram.atoms.bank, moram.atoms.kernels, moram.atoms.routing, moram.atoms.linear, moram.adapters.layer)
+    modules = (moram.atoms.kernels, moram.atoms.routing, moram.atoms.linear, moram.adapters.layer)
     for module in modules:
         digest.update(Path(module.__file__ or "").read_bytes())
     return digest.hexdigest()[:12]

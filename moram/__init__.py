@@ -4,13 +4,13 @@
 where they are used.
 """
 
-from moram.adapters import AdapterMethod, ContinualLinear, inject_layers
+from moram.adapters import AdapterMethod, ContinualLinear, MethodConfig, inject_layers, load_adapters, save_adapters
 from moram.atoms import (
-    AtomBank,
     AtomConfig,
     AtomLinear,
     AtomStateError,
     MoRAM,
+    MoRAMConfig,
     atom_banks,
     atom_layers,
     consolidate_atoms,
@@ -26,12 +26,13 @@ __version__ = "0.2.0"
 
 __all__ = [
     "AdapterMethod",
-    "AtomBank",
     "AtomConfig",
     "AtomLinear",
     "AtomStateError",
     "ContinualLinear",
+    "MethodConfig",
     "MoRAM",
+    "MoRAMConfig",
     "__version__",
     "atom_banks",
     "atom_layers",
@@ -40,8 +41,10 @@ __all__ = [
     "current_atom_parameters",
     "inject_atoms",
     "inject_layers",
+    "load_adapters",
     "load_atoms",
     "register_atom_layer",
     "routed_layers",
+    "save_adapters",
     "save_atoms",
 ]

@@ -4,8 +4,9 @@ One ``fit`` runs the whole task sequence (one epoch = one task, DESIGN.md §3). 
 owns everything a continual run shares; a :class:`~moram.backbones.base.Backbone` provides what differs
 between kinds of models (build, default targets, loss, per-example scores, predictions):
 
-* bank capacity: ``atoms.max_tasks: null`` is taken from the task stream;
-* the method: MoRAM with ``atoms`` (``method: null``), or a baseline from :mod:`moram.baselines`;
+* the method (a :class:`~moram.adapters.method.MethodConfig`: MoRAM's by default, or a baseline's from
+  :mod:`moram.baselines`, or a user's) and the run-level settings every method shares: ``targets``
+  (null: the backbone's default targets), ``max_tasks`` (null: taken from the task stream) and ``seed``;
 * AdamW over the current task's parameters with a per-task schedule (``lr_schedule``: warmup then
   cosine or constant; restarted by the task-boundary callback) and an adapter's own loss term
   (:func:`adapter_penalty`, O-LoRA's);
@@ -22,8 +23,6 @@ The adapted model is ``module.model`` (built in ``configure_model()``, or by :me
 
 from __future__ import annotations
 
-import contextvars
-import dataclasses
 import io
 import json
 import math
@@ -35,9 +34,10 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from moram.adapters.method import AdapterMethod
-from moram.atoms.config import AtomConfig
+from moram.adapters.method import MethodConfig, method_from_dict
+from moram.atoms.config import AtomConfig, MoRAMConfig
 from moram.backbones.base import Backbone
+from moram.errors import CheckpointError, ConfigError
 from moram.protocols import ContinualLayer, continual_layers, is_task_stream, score_key
 
 LRSchedule = Literal["cosine", "constant"]
@@ -68,7 +68,7 @@ SCHEDULES = {"cosine": cosine_with_warmup, "constant": constant_with_warmup}
 def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
     """LR factor of ``schedule`` (:data:`LRSchedule`) at ``step`` within a task of ``total`` steps."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"model.lr_schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+        raise ConfigError(f"model.lr_schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
     return SCHEDULES[schedule](step, total, warmup)
 
 
@@ -108,10 +108,6 @@ class TaskScores:
         return 0.0 if math.isnan(value) else value  # NaN here only means no examples: NaN scores raise
 
 
-_LOADED_TASKS: contextvars.ContextVar[int | None] = contextvars.ContextVar("moram_loaded_tasks", default=None)
-"""The bank capacity of the checkpoint :meth:`ContinualModule.load_from_checkpoint` is reading (no stream there)."""
-
-
 class ContinualModule(LightningModule):
     """Continual learning of a frozen pre-trained model: a backbone plugin, a method, an optimiser.
 
@@ -119,11 +115,16 @@ class ContinualModule(LightningModule):
         backbone: the kind of model (``class_path``): :class:`moram.backbones.clip.CLIPBackbone` (open_clip),
             :class:`moram.backbones.lm.LMBackbone` (transformers), or your own
             :class:`~moram.backbones.base.Backbone` subclass.
-        method: the adaptation method (a ``class_path`` from :mod:`moram.baselines`: ``ZeroShot``,
-            ``SequentialLoRA``, ``OLoRA``, ``MoELoRA``, ``RankRExperts``); null is MoRAM with ``atoms``.
-            Baselines take the targets, ``max_tasks`` and seed from ``atoms``.
-        atoms: atom settings (rank, top_k, temperature, threshold, scale, dropout, max_tasks, targets);
-            null: the backbone's default (the paper's CLIP or LLM settings).
+        method: the adaptation method, a config of its own hyperparameters (``class_path``):
+            :class:`moram.atoms.MoRAMConfig` (the default; ``MoRAMConfig.llm()`` is the paper's LLM setting)
+            or one of :mod:`moram.baselines` (``ZeroShotConfig``, ``SequentialLoRAConfig``, ``OLoRAConfig``,
+            ``MoELoRAConfig``, ``RankRExpertsConfig``), or your own. null: MoRAM with the backbone's paper
+            settings.
+        targets: modules to adapt, for every method: exact names, dotted suffixes ("q_proj") or
+            "re:<regex>"; null: the backbone's default targets.
+        max_tasks: tasks every adapted layer holds (its capacity, allocated once); null: the task stream's
+            number of tasks.
+        seed: seed of the adapters' initialisation; each layer and task draws from its own generator.
         lr: AdamW learning rate of the current task's parameters.
         weight_decay: AdamW weight decay.
         betas: AdamW betas (the paper's LLM runs use (0.9, 0.95), its CLIP runs (0.9, 0.9999): see the configs).
@@ -131,29 +132,55 @@ class ContinualModule(LightningModule):
         lr_schedule: the learning rate within each task, restarted at every task: ``cosine`` (warmup,
             then cosine to zero) or ``constant`` (warmup, then ``lr``; the official TRACE setting).
         steps_per_task: length of the per-task schedule; null takes the data's ``steps_per_task``.
+        atoms: moram 0.2's form of the options (MoRAM's options with max_tasks, targets and seed); read as
+            ``method`` / ``max_tasks`` / ``targets`` / ``seed`` with a warning (:mod:`moram.upgrades`).
     """
 
     def __init__(
         self,
         backbone: Backbone,
-        method: AdapterMethod | None = None,
-        atoms: AtomConfig | None = None,
+        method: MethodConfig | None = MoRAMConfig(),  # noqa: B008 -- a frozen dataclass: safe as a default
+        targets: list[str] | None = None,
+        max_tasks: int | None = None,
+        seed: int = 0,
         lr: float = 5e-4,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
         lr_schedule: LRSchedule = "cosine",
         steps_per_task: int | None = None,
+        atoms: AtomConfig | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, Backbone):
-            raise TypeError(f"model.backbone must be a moram.backbones.base.Backbone, got {type(backbone).__name__}")
+            raise ConfigError(f"model.backbone must be a moram.backbones.base.Backbone, got {type(backbone).__name__}")
         if lr_schedule not in SCHEDULES:
-            raise ValueError(f"model.lr_schedule must be one of {sorted(SCHEDULES)}, got {lr_schedule!r}")
+            raise ConfigError(f"model.lr_schedule must be one of {sorted(SCHEDULES)}, got {lr_schedule!r}")
+        if max_tasks is not None and max_tasks < 1:
+            raise ConfigError(f"model.max_tasks must be null or an integer >= 1, got {max_tasks!r}")
+        if isinstance(targets, str) or (targets is not None and not targets):
+            raise ConfigError(f"model.targets must be null or a non-empty list of patterns, got {targets!r}")
         self.save_hyperparameters()
+        if atoms is not None:  # moram 0.2's options
+            from moram.upgrades import atoms_option_warning
+
+            atoms_option_warning(atoms)
+            method = atoms.method if method is None or method == MoRAMConfig() else method
+            targets = atoms.targets if targets is None else targets
+            max_tasks = atoms.max_tasks if max_tasks is None else max_tasks
+            seed = atoms.seed if seed == 0 else seed
+        if isinstance(method, dict):  # hyperparameters stored without their classes
+            method = method_from_dict(method)
+        if method is None:
+            method = backbone.default_method()
+        if not isinstance(method, MethodConfig):
+            raise ConfigError(f"model.method must be a method config (moram.adapters.MethodConfig), got "
+                              f"{type(method).__name__}")
         self.backbone = backbone
-        self.method = method
-        self.atoms = atoms if atoms is not None else backbone.default_atoms()
+        self.method: MethodConfig = method
+        self.targets = list(targets) if targets is not None else None
+        self.max_tasks = max_tasks
+        self.seed = seed
         self.lr, self.weight_decay = lr, weight_decay
         self.betas = (float(betas[0]), float(betas[1]))
         self.warmup_steps, self.lr_schedule, self.steps_per_task = warmup_steps, lr_schedule, steps_per_task
@@ -169,10 +196,11 @@ class ContinualModule(LightningModule):
     def configure_model(self) -> None:
         """Build and adapt the backbone once; shard it under FSDP2 (a strategy with a device mesh). Idempotent."""
         if self.model is None:
-            self.atoms = self.resolve_max_tasks(self.atoms)
+            self.max_tasks = self.resolve_max_tasks()
             self._build_rng = torch.get_rng_state()  # a backbone of random weights is rebuilt from it
             model = self.backbone.build()
-            self.adapted = self.backbone.adapt(model, self.atoms, self.method)
+            targets = self.targets if self.targets is not None else self.backbone.default_targets(model)
+            self.adapted = self.method.inject(model, targets, max_tasks=self.max_tasks, seed=self.seed)
             self.model = model
         if self.device_mesh is not None:
             from moram.distributed import shard_atom_model
@@ -185,17 +213,29 @@ class ContinualModule(LightningModule):
             self.configure_model()
         return self.model
 
-    def resolve_max_tasks(self, atoms: AtomConfig) -> AtomConfig:
-        """``atoms`` with ``max_tasks`` taken from the task stream when it is null."""
-        if atoms.max_tasks is not None:
-            return atoms
-        stream: Any = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+    def resolve_max_tasks(self) -> int:
+        """``max_tasks``, taken from the trainer's task stream when it is null."""
+        if self.max_tasks is not None:
+            return int(self.max_tasks)
+        stream = self._datamodule()
         if stream is None or not is_task_stream(stream):
-            loaded = _LOADED_TASKS.get()
-            if loaded is not None:  # load_from_checkpoint: the capacity the file was written with
-                return dataclasses.replace(atoms, max_tasks=loaded)
-            raise ValueError("model.atoms.max_tasks is null and there is no task stream to take it from; set it")
-        return dataclasses.replace(atoms, max_tasks=stream.num_tasks)
+            raise ConfigError("model.max_tasks is null and there is no task stream to take it from; set it")
+        return int(stream.num_tasks)
+
+    def _ckpt_path(self) -> Any:
+        """The checkpoint the trainer restores from (for messages), or None outside a Trainer."""
+        try:
+            return getattr(self.trainer, "ckpt_path", None)
+        except RuntimeError:
+            return None
+
+    def _datamodule(self) -> Any:
+        """The trainer's datamodule, or None outside a Trainer."""
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer (Lightning's message)
+            return None
+        return getattr(trainer, "datamodule", None)
 
     def backbone_options(self) -> dict[str, Any]:
         """The backbone's build options, recorded in checkpoints (:mod:`moram.checkpoint`)."""
@@ -211,12 +251,6 @@ class ContinualModule(LightningModule):
         """Name of the view the primary score is (e.g. ``task_aware``), ``""`` when the backbone has one view."""
         return self.backbone.primary_view
 
-    def atom_layers(self) -> list[tuple[str, Any]]:
-        """MoRAM's layers of the model (none under a baseline ``method``)."""
-        from moram.atoms.inject import atom_layers
-
-        return atom_layers(self.model) if self.model is not None else []
-
     def continual_layers(self) -> list[tuple[str, ContinualLayer]]:
         """Every continual layer, atoms or baseline (the :class:`moram.protocols.ContinualHost` protocol)."""
         return continual_layers(self.model) if self.model is not None else []
@@ -224,19 +258,15 @@ class ContinualModule(LightningModule):
     def export_adapters(self, directory: Path) -> bool:
         """Write the adapters (the :class:`~moram.protocols.AdapterExporter` protocol); every rank calls it.
 
-        MoRAM's atoms as :func:`moram.save_atoms` files (``load_atoms``-ready), a baseline's layers as
-        :func:`moram.adapters.save_adapters` files; False (nothing written) when the model adapts nothing.
+        One format for every method (:func:`moram.adapters.save_adapters`, ready for
+        :func:`moram.adapters.load_adapters` on a plain backbone); False (nothing written) when the model
+        adapts nothing.
         """
         if self.model is None or not self.continual_layers():
             return False
-        if self.atom_layers():
-            from moram.atoms.state import save_atoms
+        from moram.adapters.files import save_adapters
 
-            save_atoms(self.model, directory, self.atoms)
-        else:
-            from moram.adapters.files import save_adapters
-
-            save_adapters(self.model, directory)
+        save_adapters(self.model, directory, seed=self.seed)
         return True
 
     def full_parameters(self) -> Any:
@@ -255,7 +285,7 @@ class ContinualModule(LightningModule):
 
         log_dir = self.trainer.log_dir  # a collective: every rank
         if self.trainer.is_global_zero and log_dir is not None:
-            cost = adapter_cost(self.build(), num_tasks=int(self.atoms.max_tasks or 1))
+            cost = adapter_cost(self.build(), num_tasks=int(self.max_tasks or 1))
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             (Path(log_dir) / "adapter_cost.json").write_text(json.dumps(cost, indent=1) + "\n")
 
@@ -287,28 +317,33 @@ class ContinualModule(LightningModule):
             module = ContinualModule.load_from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
             module.model  # the adapted backbone, ready for module.backbone.predict or your own loop
         """
-        from moram.checkpoint import KEY, stored_task_count, upgrade_hparams
+        from moram.checkpoint import KEY
+        from moram.upgrades import stored_task_count, upgrade_hparams
 
-        checkpoint = torch.load(checkpoint_path, map_location=map_location or "cpu", weights_only=True)
+        if not isinstance(checkpoint_path, (str, Path)):  # a file object: read it once, hand Lightning a copy
+            checkpoint_path = io.BytesIO(checkpoint_path.read())
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if isinstance(checkpoint_path, io.BytesIO):
+            checkpoint_path.seek(0)
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise ValueError(f"{checkpoint_path} is not a Lightning checkpoint (no state_dict)")
-        checkpoint["hyper_parameters"] = upgrade_hparams(dict(checkpoint.get("hyper_parameters") or {}))
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        buffer.seek(0)
+            raise CheckpointError(f"{checkpoint_path} is not a Lightning checkpoint (no state_dict)")
+        # the stored hyperparameters in today's form, given as overrides (Lightning's own kwargs mechanism)
+        overrides = upgrade_hparams(dict(checkpoint.get("hyper_parameters") or {}))
+        overrides.pop("_instantiator", None)
+        if overrides.get("max_tasks") is None:  # it came from the run's task stream: the file records it
+            overrides["max_tasks"] = stored_task_count(checkpoint)
+        overrides.update(kwargs)
         build_rng = (checkpoint.get(KEY) or {}).get("build_rng")
-        token = _LOADED_TASKS.set(stored_task_count(checkpoint))
-        try:
-            with torch.random.fork_rng(devices=[], enabled=build_rng is not None), warnings.catch_warnings():
-                if build_rng is not None:
-                    torch.set_rng_state(build_rng)
-                # the frozen backbone is rebuilt, not stored: on_load_checkpoint checks the adapter keys itself
-                warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in")
-                module = super().load_from_checkpoint(
-                    buffer, map_location=map_location, hparams_file=hparams_file, strict=strict, **kwargs
-                )
-        finally:
-            _LOADED_TASKS.reset(token)
+        # a backbone of random weights is rebuilt from the RNG state it was first built under; the caller's
+        # RNG state is left as it was
+        with torch.random.fork_rng(devices=[], enabled=build_rng is not None), warnings.catch_warnings():
+            if build_rng is not None:
+                torch.set_rng_state(build_rng)
+            # the frozen backbone is rebuilt, not stored: on_load_checkpoint checks the adapter keys itself
+            warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in")
+            module = super().load_from_checkpoint(
+                checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, **overrides
+            )
         assert isinstance(module, ContinualModule)
         return module.eval()
 
@@ -320,7 +355,7 @@ class ContinualModule(LightningModule):
         from moram.checkpoint import KEY, strip_backbone
 
         strip_backbone(self, checkpoint)
-        checkpoint[KEY]["max_tasks"] = self.atoms.max_tasks  # for load_from_checkpoint: the banks' capacity,
+        checkpoint[KEY]["max_tasks"] = self.max_tasks  # for load_from_checkpoint: the layers' capacity,
         checkpoint[KEY]["build_rng"] = self._build_rng  # and the RNG state of a backbone built from random weights
         state: dict[str, Tensor] = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
@@ -331,7 +366,11 @@ class ContinualModule(LightningModule):
         """Refuse a checkpoint of another backbone or model; take its RNG state (set at the next training batch)."""
         from moram.checkpoint import check_resume
 
-        check_resume(self, checkpoint, getattr(self._trainer, "ckpt_path", None) if self._trainer else None)
+        from moram.upgrades import upgrade_model_state
+
+        if isinstance(checkpoint.get("state_dict"), dict):  # entries of earlier versions, before keys are checked
+            upgrade_model_state(self, checkpoint["state_dict"])
+        check_resume(self, checkpoint, self._ckpt_path())
         self._pending_rng = checkpoint.get("moram_rng")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -380,6 +419,17 @@ class ContinualModule(LightningModule):
             return step.loss
         self.log("train/penalty", penalty.detach())
         return step.loss + penalty.to(step.loss.dtype)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """The present task's units have been trained: from now on they take part in inference.
+
+        (Layers also learn it from a gradient reaching their Parameters; under FSDP, whose sharding
+        replaces the Parameters, this hook is what tells them.)
+        """
+        for _, layer in self.continual_layers():
+            mark = getattr(layer, "mark_trained", None)
+            if callable(mark):
+                mark()
 
     # ------------------------------------------------------------------ evaluation
     def _start_eval(self, keep_records: bool = False) -> None:
@@ -447,17 +497,18 @@ class ContinualModule(LightningModule):
         params = [p for _, layer in continual_layers(self.build()) for p in layer.current_parameters()]
         self._trains = bool(params)
         if not params:
-            if self.method is not None:
+            if not self.adapted:
                 return None  # a method that adapts nothing (zero-shot)
-            raise ValueError("no trainable atom parameters; check model.atoms.targets and the layer options")
+            raise ConfigError(f"{type(self.method).__name__} adapted {len(self.adapted)} modules but none has a "
+                              "trainable parameter; check model.targets and model.method's options")
         optimizer = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         fixed, warmup = self.steps_per_task, self.warmup_steps
-        data = getattr(self._trainer, "datamodule", None)
+        data = self._datamodule()
         per_task = getattr(data, "steps_for", None) if fixed is None else None
         if fixed is None and not callable(per_task):
             fixed = getattr(data, "steps_per_task", None)
             if fixed is None:
-                raise ValueError("model.steps_per_task is null and the datamodule has no steps_per_task; set it")
+                raise ConfigError("model.steps_per_task is null and the datamodule has no steps_per_task; set it")
 
         def total() -> int:  # the present task's length: streams may give one per task (data.steps_per_task)
             return per_task(getattr(data, "current_task", 0)) if callable(per_task) else int(fixed)  # type: ignore[arg-type]

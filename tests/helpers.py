@@ -124,7 +124,7 @@ E = torch.eye(4)
 def hand_built_layer():
     """Task 1's atoms have keys e0, e1; task 2's e2, e3 (r = k = 2, tau 0.01, delta 0.2)."""
     layer = AtomLinear(nn.Linear(4, 3), 4, 3, AtomConfig(rank=2, top_k=2, max_tasks=2, temperature=0.01, threshold=0.2))
-    bank = layer.bank
+    bank = layer
     with torch.no_grad():
         bank.current_keys.copy_(E[:2])
         bank.current_values.normal_()
@@ -179,7 +179,7 @@ class RankAtoms(Callback):
     def _dump(self, trainer, pl_module, tag, current):
         tensors = {}
         for name, layer in routed_layers(pl_module.model):
-            bank = layer.bank
+            bank = layer
             n = bank.num_frozen_atoms
             tensors[f"{name}.frozen_keys"] = bank.frozen_keys[:n].clone()
             tensors[f"{name}.frozen_values"] = bank.frozen_values[:n].clone()

@@ -23,10 +23,10 @@ def trained(config):
     gen = torch.Generator().manual_seed(1)
     for _, layer in routed_layers(model):
         with torch.no_grad():
-            layer.bank.current_values.normal_(generator=gen)
+            layer.current_values.normal_(generator=gen)
         layer.consolidate()
         with torch.no_grad():
-            layer.bank.current_values.normal_(generator=gen)
+            layer.current_values.normal_(generator=gen)
     model.train()
     model(torch.randn(1, 6))  # current atoms become live
     return model
@@ -70,7 +70,7 @@ def test_larger_capacity_accepts_and_other_settings_are_refused(tmp_path):
     bigger = base_model()
     inject_atoms(bigger, AtomConfig(rank=2, top_k=2, max_tasks=5, targets=["0", "2"]))
     load_atoms(bigger, tmp_path)
-    assert routed_layers(bigger)[0][1].bank.num_frozen_atoms == 2
+    assert routed_layers(bigger)[0][1].num_frozen_atoms == 2
     other = base_model()
     inject_atoms(other, AtomConfig(rank=2, top_k=3, max_tasks=3, targets=["0", "2"]))
     with pytest.raises(AtomStateError, match=r"layer '0'.*top_k: file 2 vs model 3"):

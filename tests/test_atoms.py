@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from moram import AtomConfig, AtomLinear, AtomStateError, consolidate_atoms, inject_atoms, routed_layers
-from moram.atoms.bank import AtomBank
 from moram.atoms.routing import reference_delta
 
 
@@ -23,7 +22,7 @@ def make_layer(d_in=12, d_out=7, dtype=torch.float64, **cfg):
 
 def fill(layer: AtomLinear, gen: torch.Generator, tasks: int) -> None:
     """Train-like filling: give the current atoms random values, consolidate, repeat."""
-    bank = layer.bank
+    bank = layer
     for _ in range(tasks):
         with torch.no_grad():
             bank.current_values.normal_(generator=gen)
@@ -37,7 +36,7 @@ def test_fresh_layer_is_a_no_op_and_untrained_atoms_never_route():
     layer = make_layer(rank=3, top_k=3, max_tasks=3)
     x = torch.randn(4, 12, dtype=torch.float64)
     layer.eval()
-    assert layer.bank.num_routed == 0
+    assert layer.num_routed == 0
     assert torch.equal(layer(x), layer.base(x))
     layer.train()
     assert torch.equal(layer(x), layer.base(x))  # values start at zero
@@ -45,23 +44,27 @@ def test_fresh_layer_is_a_no_op_and_untrained_atoms_never_route():
     layer.eval()
     # After consolidation the fresh current atoms (random keys, zero values) exist but, untrained,
     # take no part in routing at inference: output equals the frozen-only formula.
-    assert not layer.bank.current_in_use
+    assert not layer.uses_current
     frozen_only = layer.base(x) + reference_delta(
-        x, layer.bank.frozen_keys[:3], layer.bank.frozen_values[:3], top_k=3, temperature=0.01, eps=AtomBank.eps,
+        x, layer.frozen_keys[:3], layer.frozen_values[:3], top_k=3, temperature=0.01, eps=AtomLinear.eps,
         threshold=0.2, scale=1.0,
     )
     torch.testing.assert_close(layer(x), frozen_only, rtol=1e-10, atol=1e-10)
     layer.train()
-    layer(x)  # the first training forward brings them in
+    layer(x)  # a forward alone changes nothing: the rule is state, not a side effect of forward
     layer.eval()
-    assert layer.bank.current_in_use
-    assert layer.bank.num_routed == 6
+    assert not layer.uses_current and not bool(layer.current_trained)
+    layer.train()
+    layer(x).sum().backward()  # a gradient reaching the current atoms brings them in
+    layer.eval()
+    assert layer.uses_current and bool(layer.current_trained)
+    assert layer.num_routed == 6
 
 
 def test_dropout_applies_to_key_input_in_training_only():
     layer = make_layer(rank=2, top_k=2, max_tasks=2, dropout=0.5)
     with torch.no_grad():
-        layer.bank.current_values.normal_()
+        layer.current_values.normal_()
     x = torch.randn(64, 12, dtype=torch.float64)
     layer.train()
     torch.manual_seed(0)
@@ -84,12 +87,12 @@ def test_consolidation_freezes_atoms_under_adamw_and_grows_counter():
         if task:
             consolidate_atoms(model)
             for _, layer in routed_layers(model):
-                assert layer.bank.num_frozen_atoms == 4 * task
-                assert torch.equal(layer.bank.current_values, torch.zeros_like(layer.bank.current_values))
+                assert layer.num_frozen_atoms == 4 * task
+                assert torch.equal(layer.current_values, torch.zeros_like(layer.current_values))
                 bound = 1 / math.sqrt(layer.in_features)  # Kaiming-uniform a=sqrt(5)
-                assert layer.bank.current_keys.abs().max() <= bound
-                assert not torch.equal(layer.bank.current_keys, layer.bank.frozen_keys[4 * (task - 1):4 * task])
-            snapshots.append([(layer.bank.frozen_keys.clone(), layer.bank.frozen_values.clone())
+                assert layer.current_keys.abs().max() <= bound
+                assert not torch.equal(layer.current_keys, layer.frozen_keys[4 * (task - 1):4 * task])
+            snapshots.append([(layer.frozen_keys.clone(), layer.frozen_values.clone())
                               for _, layer in routed_layers(model)])
         for _ in range(20):
             x = torch.randn(16, 12, generator=gen)
@@ -100,18 +103,18 @@ def test_consolidation_freezes_atoms_under_adamw_and_grows_counter():
         for done, snap in enumerate(snapshots, start=1):  # every earlier task's atoms are bit-identical
             for (keys, values), (_, layer) in zip(snap, routed_layers(model), strict=True):
                 n = done * 4
-                assert torch.equal(layer.bank.frozen_keys[:n], keys[:n])
-                assert torch.equal(layer.bank.frozen_values[:n], values[:n])
+                assert torch.equal(layer.frozen_keys[:n], keys[:n])
+                assert torch.equal(layer.frozen_values[:n], values[:n])
     with pytest.raises(RuntimeError, match=r"layer '0'.*max_tasks=3.*at least 4"):
         consolidate_atoms(model)
 
 
 def test_initialisation_is_deterministic_and_independent_of_global_rng():
     torch.manual_seed(0)
-    a = AtomBank(10, 5, AtomConfig(rank=3, max_tasks=2), seed=7)
+    a = AtomLinear(nn.Linear(10, 5), 10, 5, AtomConfig(rank=3, max_tasks=2), seed=7)
     torch.manual_seed(123)
-    b = AtomBank(10, 5, AtomConfig(rank=3, max_tasks=2), seed=7)
-    c = AtomBank(10, 5, AtomConfig(rank=3, max_tasks=2), seed=8)
+    b = AtomLinear(nn.Linear(10, 5), 10, 5, AtomConfig(rank=3, max_tasks=2), seed=7)
+    c = AtomLinear(nn.Linear(10, 5), 10, 5, AtomConfig(rank=3, max_tasks=2), seed=8)
     assert torch.equal(a.current_keys, b.current_keys)
     assert not torch.equal(a.current_keys, c.current_keys)
     a.consolidate()
@@ -136,8 +139,8 @@ def test_state_dict_round_trip_is_exact():
     inject_atoms(clone, AtomConfig(rank=2, top_k=2, max_tasks=3, targets=["0", "2"]))
     clone.load_state_dict(model.state_dict())
     for (_, a), (_, b) in zip(routed_layers(model), routed_layers(clone), strict=True):
-        assert b.bank.num_frozen_atoms == a.bank.num_frozen_atoms == 2
-        assert b.bank.current_in_use == a.bank.current_in_use
+        assert b.num_frozen_atoms == a.num_frozen_atoms == 2
+        assert b.uses_current == a.uses_current
         assert torch.equal(a.keys, b.keys)
         assert torch.equal(a.values, b.values)
     x = torch.randn(5, 6)
@@ -165,7 +168,7 @@ def test_state_dict_with_other_targets_is_refused():
     model = trained_model()
     other = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
     inject_atoms(other, AtomConfig(rank=2, top_k=2, max_tasks=3, targets=["0"]))
-    with pytest.raises(RuntimeError, match=r"2\.bank\.current_keys"):
+    with pytest.raises(RuntimeError, match=r"2\.current_keys"):
         other.load_state_dict(model.state_dict())
 
 

@@ -37,7 +37,7 @@ def test_fit_writes_the_accuracy_matrix_and_grows_atoms(tmp_path, tiny_config):
     # One consolidation for two tasks: r atoms frozen in every routed layer, the last task's still current.
     layers = routed_layers(cli.model.model)
     assert len(layers) == 12  # 1 block x (q, k, v, out, c_fc, c_proj) x 2 towers
-    assert all(layer.bank.num_frozen_atoms == 2 for _, layer in layers)
+    assert all(layer.num_frozen_atoms == 2 for _, layer in layers)
     assert cli.trainer.max_epochs == 2  # taken from the task stream
 
 
@@ -49,7 +49,7 @@ def test_frozen_atoms_are_bit_identical_after_their_task(tmp_path, tiny_config):
         ends: list = []
 
         def on_train_epoch_end(self, trainer, pl_module):
-            self.ends.append([lay.bank.current_values.detach().clone() for _, lay in routed_layers(pl_module.model)])
+            self.ends.append([lay.current_values.detach().clone() for _, lay in routed_layers(pl_module.model)])
 
     snap = Snap()
     args = fit_args(tmp_path, tiny_config, "--data.source.num_tasks", "3")
@@ -59,8 +59,8 @@ def test_frozen_atoms_are_bit_identical_after_their_task(tmp_path, tiny_config):
     layers = routed_layers(cli.model.model)
     for task, values in enumerate(snap.ends[:-1]):
         for v, (_, layer) in zip(values, layers, strict=True):
-            assert torch.equal(layer.bank.frozen_values[2 * task:2 * task + 2], v)
-    assert all(layer.bank.num_frozen_atoms == 4 for _, layer in layers)
+            assert torch.equal(layer.frozen_values[2 * task:2 * task + 2], v)
+    assert all(layer.num_frozen_atoms == 4 for _, layer in layers)
     assert any(v.abs().sum() > 0 for v in snap.ends[0])  # the atoms did train
 
 
@@ -138,7 +138,7 @@ def test_non_finite_loss_is_a_clear_error(tmp_path, tiny_config):
     class Poison(Callback):
         def on_train_start(self, trainer, pl_module):
             with torch.no_grad():
-                routed_layers(pl_module.model)[0][1].bank.current_keys.fill_(float("nan"))
+                routed_layers(pl_module.model)[0][1].current_keys.fill_(float("nan"))
 
     cli = main(fit_args(tmp_path, tiny_config)[1:], run=False)
     cli.trainer.callbacks.append(Poison())

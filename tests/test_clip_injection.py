@@ -89,7 +89,7 @@ def test_injection_contract(kind: str, tmp_path: Path) -> None:
     assert (len(image_names), len(names) - len(image_names)) == EXPECTED[kind]
     # (d) only the current atoms train
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {f"{n}.bank.current_{part}" for n in names for part in ("keys", "values")}
+    assert trainable == {f"{n}.current_{part}" for n in names for part in ("keys", "values")}
     # (a) a no-op at injection, and still after the atoms were marked trained by a training forward
     for tower, want in reference.items():
         torch.testing.assert_close(encode(tower), want, rtol=0, atol=1e-6)
@@ -102,7 +102,7 @@ def test_injection_contract(kind: str, tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(2)
     for name in names:
         tower = "image" if name.startswith("visual.") else "text"
-        values = model.get_submodule(name).bank.current_values
+        values = model.get_submodule(name).current_values
         with torch.no_grad():
             values.copy_(10 * torch.randn(values.shape, generator=g))  # large: random-init towers damp some layers
         changed = (encode(tower) - reference[tower]).abs().max()

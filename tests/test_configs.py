@@ -60,7 +60,7 @@ def test_xtail_config_builds_vit_b16_with_random_weights(tmp_path):
     module.configure_model()
     layers = routed_layers(module.model)
     assert len(layers) == 144  # both towers x 12 blocks x (q, k, v, out, c_fc, c_proj), as in the paper
-    bank = layers[0][1].bank
+    bank = layers[0][1]
     assert (bank.rank, bank.top_k, bank.temperature, bank.threshold) == (16, 16, 0.01, 0.2)
     assert bank.capacity == 16 * 10
     assert cli.datamodule.num_tasks == 10

@@ -6,16 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from moram import AtomConfig, MoRAM, continual_layers
-from moram.adapters import AdapterFileError, ContinualLinear, load_adapters, save_adapters
-from moram.baselines import MoELoRA, OLoRA, RankRExperts, SequentialLoRA
+from moram import MoRAMConfig, continual_layers
+from moram.adapters import AdapterFileError, ContinualLinear, load_adapters, read_adapter_config, save_adapters
+from moram.baselines import MoELoRAConfig, OLoRAConfig, RankRExpertsConfig, SequentialLoRAConfig
 
 METHODS = {
-    "moram": lambda **kw: MoRAM(AtomConfig(rank=2, top_k=2, threshold=None, **kw)),
-    "lora": lambda **kw: SequentialLoRA(rank=2, **kw),
-    "moe_lora": lambda **kw: MoELoRA(rank=2, **kw),
-    "experts": lambda **kw: RankRExperts(rank=2, threshold=None, **kw),
-    "olora": lambda **kw: OLoRA(rank=2, **kw),
+    "moram": lambda **kw: MoRAMConfig(**{"rank": 2, "top_k": 2, "threshold": None, **kw}),
+    "lora": lambda **kw: SequentialLoRAConfig(**{"rank": 2, **kw}),
+    "moe_lora": lambda **kw: MoELoRAConfig(**{"rank": 2, **kw}),
+    "experts": lambda **kw: RankRExpertsConfig(**{"rank": 2, "threshold": None, **kw}),
+    "olora": lambda **kw: OLoRAConfig(**{"rank": 2, **kw}),
 }
 OTHER_SETTING = {"moram": {"scale": 2.0}, "lora": {"scale": 2.0}, "moe_lora": {"top_k": 1}, "experts": {"scale": 2.0},
                  "olora": {"lambda_orth": 0.1}}
@@ -97,7 +97,7 @@ def test_frozen_state_is_immune_to_adamw_with_weight_decay(kind):
         layer.consolidate()
     current = {id(p) for _, layer in continual_layers(model) for p in layer.current_parameters()}
     frozen = {k: v.clone() for k, v in model.state_dict(keep_vars=True).items()
-              if id(v) not in current and not k.endswith("current_live")}  # the live flag turns on: it is no state
+              if id(v) not in current and not k.endswith("current_trained")}  # turns on when trained
     train(model, weight_decay=0.5)
     after = model.state_dict()
     for key, value in frozen.items():
@@ -113,10 +113,13 @@ def test_state_dict_and_adapter_file_round_trip_exactly(kind, tmp_path):
     train(model, steps=1)
     model.eval()
     x = torch.randn(3, 6)
-    by_state, by_file = adapted(kind), adapted(kind)
+    by_state, by_file, rebuilt = adapted(kind), adapted(kind), backbone()
     by_state.load_state_dict(model.state_dict())
-    load_adapters(by_file, save_adapters(model, tmp_path / "adapters"))
-    for other in (by_state, by_file):
+    folder = save_adapters(model, tmp_path / "adapters", seed=0)
+    load_adapters(by_file, folder)
+    assert load_adapters(rebuilt, folder) == TARGETS  # a plain backbone gets the method's layers first
+    assert read_adapter_config(folder)["method"]["init_args"] == METHODS[kind]().options()
+    for other in (by_state, by_file, rebuilt):
         other.eval()
         assert torch.equal(other(x), model(x))
         assert [layer.task_index for _, layer in continual_layers(other)] == [1, 1]
@@ -134,8 +137,12 @@ def test_mismatched_settings_are_refused(kind, tmp_path):
     save_adapters(model, tmp_path / "a")
     with pytest.raises(AdapterFileError, match="layer '0'"):
         load_adapters(adapted(kind, **OTHER_SETTING[kind]), tmp_path / "a")
-    with pytest.raises(AdapterFileError, match="layer '0'"):
-        load_adapters(adapted(kind, max_tasks=4), tmp_path / "a")  # capacity is a setting too
+    load_adapters(adapted(kind, max_tasks=4), tmp_path / "a")  # a larger capacity: to keep learning
+    for _, layer in continual_layers(model):
+        layer.consolidate()
+    save_adapters(model, tmp_path / "b")
+    with pytest.raises(AdapterFileError, match="raise model.max_tasks to at least 2"):
+        load_adapters(adapted(kind, max_tasks=1), tmp_path / "b")  # the file's tasks do not fit
     if kind != "lora":  # the one LoRA has no per-task storage, so its state fits any capacity
         bigger = backbone()
         METHODS[kind]().inject(bigger, TARGETS, max_tasks=4, seed=0)

@@ -136,7 +136,7 @@ def test_two_task_run_writes_the_matrix_with_trace_metrics(tmp_path):
     # atoms grew by r per task in every adapted layer, and the per-example scores were exact-match means
     layers = cli.model.atom_layers()
     assert layers
-    assert all(layer.bank.num_frozen_atoms == 8 for _, layer in layers)
+    assert all(layer.num_frozen_atoms == 8 for _, layer in layers)
     assert all(v * 6 / 100 == pytest.approx(round(v * 6 / 100)) for row in r for v in row)
 
 
@@ -190,8 +190,8 @@ def test_bad_inputs_name_the_option(tmp_path):
 def test_bf16_mixed_precision_trains_the_atoms(tmp_path):
     cli, log_dir = run_lm(tmp_path, "--trainer.precision", "bf16-mixed", "--data.source.tasks", '["rotate"]')
     layers = cli.model.atom_layers()
-    assert all(layer.bank.current_values.dtype == torch.float32 for _, layer in layers)  # fp32 master weights
-    assert any(layer.bank.current_values.abs().sum() > 0 for _, layer in layers)  # and they trained
+    assert all(layer.current_values.dtype == torch.float32 for _, layer in layers)  # fp32 master weights
+    assert any(layer.current_values.abs().sum() > 0 for _, layer in layers)  # and they trained
     assert (log_dir / "continual_metrics.json").exists()
 
 
@@ -219,4 +219,4 @@ def test_resume_mid_task_with_atom_dropout_is_exact(tmp_path):
     assert resumed["matrix"] == full["matrix"]
     for (_, a), (_, b) in zip(full_cli.model.atom_layers(), resumed_cli.model.atom_layers(), strict=True):
         for name in ("frozen_keys", "frozen_values", "current_keys", "current_values"):
-            assert torch.equal(getattr(a.bank, name), getattr(b.bank, name)), name
+            assert torch.equal(getattr(a, name), getattr(b, name)), name

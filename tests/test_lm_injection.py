@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from moram import AtomConfig, consolidate_atoms, routed_layers
-from moram.atoms.bank import AtomBank
+from moram.atoms.linear import AtomLinear
 from moram.atoms.routing import reference_delta
 from moram.backbones.lm.build import default_lm_targets, prepare_lm
+
+ADAPTER_ENTRIES = ("current_keys", "current_values", "frozen_keys", "frozen_values", "tasks_done", "current_trained")
 
 transformers = pytest.importorskip("transformers")
 
@@ -102,8 +104,8 @@ def next_token_loss(model: nn.Module, inputs: dict, targets: torch.Tensor) -> to
     return F.cross_entropy(out.reshape(-1, out.shape[-1]), targets[:, 1:].reshape(-1))
 
 
-def banks(model: nn.Module) -> list[tuple[str, AtomBank]]:
-    return [(name, layer.bank) for name, layer in routed_layers(model)]
+def banks(model: nn.Module) -> list[tuple[str, AtomLinear]]:
+    return [(name, layer) for name, layer in routed_layers(model)]
 
 
 def train(model: nn.Module, inputs: dict, targets: torch.Tensor, steps: int = STEPS) -> dict[str, torch.Tensor]:
@@ -122,7 +124,7 @@ def train(model: nn.Module, inputs: dict, targets: torch.Tensor, steps: int = ST
 
 def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Everything in the state dict that is not atom memory."""
-    return {k: v.clone() for k, v in model.state_dict().items() if ".bank." not in k}
+    return {k: v.clone() for k, v in model.state_dict().items() if not k.endswith(ADAPTER_ENTRIES)}
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
@@ -137,7 +139,7 @@ def test_injection_is_a_no_op(kind):
         torch.testing.assert_close(logits(model, inputs), ref, atol=1e-6, rtol=0)  # train: routed, values zero
     logits(model, inputs)  # a training-mode forward with grad marks the current atoms as in use
     model.eval()
-    assert all(bank.current_in_use for _, bank in banks(model))
+    assert all(bank.uses_current for _, bank in banks(model))
     with torch.no_grad():
         torch.testing.assert_close(logits(model, inputs), ref, atol=1e-6, rtol=0)
 
@@ -174,7 +176,7 @@ def test_training_moves_only_atoms(kind):
     for name, bank in banks(model):
         assert bank.frozen_keys.count_nonzero() == 0
         for part in ("current_keys", "current_values"):
-            full = f"{name}.bank.{part}"
+            full = f"{name}.{part}"
             assert full in grads, f"no gradient reached '{full}'"
             assert grads[full].count_nonzero() > 0, f"zero gradient in '{full}'"
             assert not torch.equal(getattr(bank, part), atoms_before[full]), f"'{full}' did not train"
@@ -193,19 +195,19 @@ def test_consolidated_atoms_are_immune_to_training(kind):
     for name, bank in banks(model):
         r = bank.rank
         assert bank.num_frozen_atoms == r
-        assert int(bank.num_frozen) == r
+        assert int(bank.tasks_done) == 1
         assert torch.equal(bank.frozen_keys[:r], trained[name][0])
         assert torch.equal(bank.frozen_values[:r], trained[name][1])
         assert torch.equal(bank.frozen_keys, frozen[name][0]), f"frozen keys of '{name}' moved"
         assert torch.equal(bank.frozen_values, frozen[name][1]), f"frozen values of '{name}' moved"
-        assert grads[f"{name}.bank.current_values"].count_nonzero() > 0
+        assert grads[f"{name}.current_values"].count_nonzero() > 0
     assert all(torch.equal(v, backbone[k]) for k, v in backbone_state(model).items())
 
 
 def routed_by_hand(x, keys, values, cfg: AtomConfig, training: bool) -> torch.Tensor:
     """DESIGN.md §1 from a layer's keys (N, d_in) and values (N, d_out)."""
     return reference_delta(
-        x, keys, values, top_k=cfg.top_k, temperature=cfg.temperature, eps=AtomBank.eps,
+        x, keys, values, top_k=cfg.top_k, temperature=cfg.temperature, eps=AtomLinear.eps,
         threshold=None if training else cfg.threshold, scale=cfg.scale, signed=cfg.signed_scores,
     )
 
@@ -223,9 +225,9 @@ def test_gpt2_conv1d_orientation(name):
     with torch.no_grad():
         conv.bias.copy_(torch.randn(conv.bias.shape, generator=gen))
         for _ in range(2):  # frozen and current atoms, all non-trivial
-            layer.bank.current_values.copy_(torch.randn(layer.bank.current_values.shape, generator=gen))
-            layer.bank.current_keys.copy_(torch.randn(layer.bank.current_keys.shape, generator=gen))
-            if layer.bank.num_frozen_atoms == 0:
+            layer.current_values.copy_(torch.randn(layer.current_values.shape, generator=gen))
+            layer.current_keys.copy_(torch.randn(layer.current_keys.shape, generator=gen))
+            if layer.num_frozen_atoms == 0:
                 layer.consolidate()
     x = torch.randn(2, 5, d_in, generator=gen)
     torch.testing.assert_close(conv(x), x @ conv.weight + conv.bias)

@@ -18,7 +18,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from moram import AtomConfig, AtomLinear
 from moram.atoms import kernels
-from moram.atoms.bank import AtomBank
 from moram.atoms.routing import normalized_topk_weights, reference_delta
 
 D_IN, D_OUT, TOKENS = 12, 7, (2, 5)
@@ -72,19 +71,19 @@ def make_layer(n_atoms: int, top_k: int, *, rank: int = 16, dtype=torch.float64,
     gen = torch.Generator().manual_seed(seed + 1)
     for task in range(tasks):
         with torch.no_grad():
-            layer.bank.current_keys.copy_(torch.randn(rank, D_IN, generator=gen))
-            layer.bank.current_values.copy_(torch.randn(rank, D_OUT, generator=gen))
+            layer.current_keys.copy_(torch.randn(rank, D_IN, generator=gen))
+            layer.current_values.copy_(torch.randn(rank, D_OUT, generator=gen))
         if task < tasks - 1:
             layer.consolidate()
     layer.train()
-    layer(torch.randn(1, D_IN, dtype=dtype))  # a training step: the current atoms route at inference too
-    assert layer.bank.num_atoms == n_atoms
+    layer.mark_trained()  # as a training step would: the current atoms route at inference too
+    assert layer.num_atoms == n_atoms
     return layer
 
 
 def check_against_reference(layer: AtomLinear, x: Tensor, *, training: bool, rtol: float, atol: float) -> None:
     """Output and gradients of ``layer`` equal the float64 reference formula."""
-    bank = layer.bank
+    bank = layer
     layer.train(training)
     x = x.detach().clone().requires_grad_(True)
     out = layer(x)
@@ -156,7 +155,7 @@ def test_reference_switch_gives_the_same_layer(n_atoms, top_k, training):
     rank = 32 if n_atoms == 640 else 16
     fast = make_layer(n_atoms, top_k, rank=rank)
     slow = make_layer(n_atoms, top_k, rank=rank, reference=True)
-    assert torch.equal(fast.bank.signature, slow.bank.signature)
+    assert fast.settings() == slow.settings()  # reference only says how to compute
     slow.load_state_dict(fast.state_dict())  # checkpoints are interchangeable
     x = torch.randn(*TOKENS, D_IN, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     results = []
@@ -168,7 +167,7 @@ def test_reference_switch_gives_the_same_layer(n_atoms, top_k, training):
         out = layer(xi)
         out.pow(2).sum().backward()
         handle.remove()
-        results.append([out, seen[0], xi.grad, layer.bank.current_keys.grad, layer.bank.current_values.grad])
+        results.append([out, seen[0], xi.grad, layer.current_keys.grad, layer.current_values.grad])
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     assert AtomConfig.from_dict({k: v for k, v in AtomConfig().to_dict().items() if k != "reference"}) == AtomConfig()
@@ -189,7 +188,7 @@ def test_inference_without_grad_matches_training_graph_path(n_atoms, sparse):
 def test_sparse_path_does_no_gradient_work_for_frozen_values():
     """No op of the backward pass produces an (n, d_out) or (N, d_out) tensor: no frozen value gradient."""
     layer = make_layer(160, 8, dtype=torch.float32)
-    assert layer.bank.num_atoms >= kernels.sparse_min_atoms_per_k * 8  # the sparse path is the default here
+    assert layer.num_atoms >= kernels.sparse_min_atoms_per_k * 8  # the sparse path is the default here
     x = torch.randn(*TOKENS, D_IN, requires_grad=True)
     out = layer(x)
     shapes: list[tuple[int, ...]] = []
@@ -204,14 +203,14 @@ def test_sparse_path_does_no_gradient_work_for_frozen_values():
 
     with RecordShapes():
         out.sum().backward()
-    n = layer.bank.num_frozen_atoms
+    n = layer.num_frozen_atoms
     assert shapes, "the backward pass ran no op"
     assert (n, D_OUT) not in shapes
-    assert (layer.bank.num_atoms, D_OUT) not in shapes
-    assert (layer.bank.rank, D_OUT) in shapes  # the current values' gradient
-    assert layer.bank.current_values.grad is not None
-    assert layer.bank.current_values.grad.abs().sum() > 0
-    assert layer.bank.frozen_values.grad is None
+    assert (layer.num_atoms, D_OUT) not in shapes
+    assert (layer.rank, D_OUT) in shapes  # the current values' gradient
+    assert layer.current_values.grad is not None
+    assert layer.current_values.grad.abs().sum() > 0
+    assert layer.frozen_values.grad is None
 
 
 def test_exact_two_stage_topk_including_ties():
@@ -239,19 +238,19 @@ def test_fused_base_addition_falls_back_for_other_dtypes():
     layer = make_layer(64, 8, dtype=torch.float32)
     x = torch.randn(*TOKENS, D_IN)
     y = layer.base(x)
-    delta = layer.bank(x)
-    out = layer.bank.add_to(x, y.double())
+    delta = layer.delta(x)
+    out = layer.add_delta(x, y.double())
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, (y + delta).double(), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(layer.bank.add_to(x, y), y + delta, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(layer.add_delta(x, y), y + delta, rtol=1e-6, atol=1e-6)
 
 
 def test_no_routed_atom_gives_zeros_and_the_base_output():
-    bank = AtomBank(D_IN, D_OUT, AtomConfig(rank=2, max_tasks=2)).eval()
+    layer = AtomLinear(nn.Linear(D_IN, D_OUT), D_IN, D_OUT, AtomConfig(rank=2, max_tasks=2)).eval()
     x, y = torch.randn(3, D_IN), torch.randn(3, D_OUT)
-    assert bank.num_routed == 0
-    assert torch.equal(bank(x), torch.zeros(3, D_OUT))
-    assert bank.add_to(x, y) is y
+    assert layer.num_routed == 0
+    assert torch.equal(layer.delta(x), torch.zeros(3, D_OUT))
+    assert layer.add_delta(x, y) is y
 
 
 @pytest.mark.parametrize("n_atoms", [16, 32, 160])  # current atoms only; dense and sparse value sums
@@ -265,19 +264,19 @@ def test_autocast_bf16_routes_in_float32(n_atoms, training, grad):
     handle = layer.register_route_hook(seen.append)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(grad):
         out = layer(x)
-        n = layer.bank.num_frozen_atoms  # the key responses as the layer computes them under autocast:
+        n = layer.num_frozen_atoms  # the key responses as the layer computes them under autocast:
         if grad:  # separate products for frozen and current keys
-            p_low = torch.cat([nn.functional.linear(x, layer.bank.frozen_keys[:n]),
-                               nn.functional.linear(x, layer.bank.current_keys)], dim=-1)
+            p_low = torch.cat([nn.functional.linear(x, layer.frozen_keys[:n]),
+                               nn.functional.linear(x, layer.current_keys)], dim=-1)
         else:  # one product
-            p_low = nn.functional.linear(x, torch.cat([layer.bank.frozen_keys[:n], layer.bank.current_keys]))
+            p_low = nn.functional.linear(x, torch.cat([layer.frozen_keys[:n], layer.current_keys]))
         base_dtype = layer.base(x).dtype
     handle.remove()
     assert p_low.dtype == torch.bfloat16
     assert out.dtype == base_dtype == torch.bfloat16
     (w,) = seen
     assert w.dtype == torch.float32  # routing statistics in float32 ...
-    bank = layer.bank
+    bank = layer
     expected = normalized_topk_weights(  # ... of the low-precision responses
         p_low.float(), top_k=bank.top_k, temperature=bank.temperature, eps=bank.eps,
         threshold=None if training else bank.threshold, signed=bank.signed_scores,
@@ -290,9 +289,9 @@ def test_autocast_bf16_routes_in_float32(n_atoms, training, grad):
     torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=5e-2)
     if training and grad:
         out.float().sum().backward()
-        assert layer.bank.current_values.grad is not None
-        assert layer.bank.current_values.grad.dtype == torch.float32
-        assert torch.isfinite(layer.bank.current_keys.grad).all()
+        assert layer.current_values.grad is not None
+        assert layer.current_values.grad.dtype == torch.float32
+        assert torch.isfinite(layer.current_keys.grad).all()
 
 
 @pytest.mark.parametrize("n_atoms", [16, pytest.param(32, marks=pytest.mark.slow),  # dense and sparse value sums
@@ -307,13 +306,13 @@ def test_compiles_without_graph_breaks(n_atoms):
         eager_x = x.clone().requires_grad_(True)
         eager = layer(eager_x)
         eager.sum().backward()
-        eager_grads = [eager_x.grad, layer.bank.current_keys.grad, layer.bank.current_values.grad]
+        eager_grads = [eager_x.grad, layer.current_keys.grad, layer.current_values.grad]
         layer.zero_grad(set_to_none=True)
         comp_x = x.clone().requires_grad_(True)
         out = compiled(comp_x)
         out.sum().backward()
         torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)
-        for got, want in zip([comp_x.grad, layer.bank.current_keys.grad, layer.bank.current_values.grad],
+        for got, want in zip([comp_x.grad, layer.current_keys.grad, layer.current_values.grad],
                              eager_grads, strict=True):
             assert got is not None
             assert want is not None
@@ -338,6 +337,6 @@ def test_softmax_tail_is_flushed_to_zero_not_subnormal(n_atoms):
     tiny = torch.finfo(torch.float32).tiny
     assert not ((w > 0) & (w < tiny)).any()
     p = x @ layer.keys.detach().T
-    exact = normalized_topk_weights(p, top_k=n_atoms, temperature=0.01, eps=layer.bank.eps, threshold=None)
+    exact = normalized_topk_weights(p, top_k=n_atoms, temperature=0.01, eps=layer.eps, threshold=None)
     assert ((exact > 0) & (exact < tiny)).any()  # the plain softmax does produce subnormals here
     torch.testing.assert_close(w.sort(-1).values, exact.sort(-1).values, rtol=1e-5, atol=1e-30)

@@ -59,17 +59,17 @@ class Probe(pl.Callback):
             return
         opt = trainer.optimizers[0]
         layer = routed_layers(pl_module)[0][1]
-        state = opt.state.get(layer.bank.current_keys, {})
+        state = opt.state.get(layer.current_keys, {})
         self.starts.append({
             "lr": opt.param_groups[0]["lr"],
             "step": float(state["step"]) if "step" in state else None,
             "exp_avg_zero": bool((state["exp_avg"] == 0).all()) if "exp_avg" in state else None,
-            "values_zero": bool((layer.bank.current_values == 0).all()),
-            "filled": [lay.bank.num_frozen_atoms for _, lay in routed_layers(pl_module)],
+            "values_zero": bool((layer.current_values == 0).all()),
+            "filled": [lay.num_frozen_atoms for _, lay in routed_layers(pl_module)],
         })
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.ends.append([(lay.bank.current_keys.detach().clone(), lay.bank.current_values.detach().clone())
+        self.ends.append([(lay.current_keys.detach().clone(), lay.current_values.detach().clone())
                           for _, lay in routed_layers(pl_module)])
 
 
@@ -99,13 +99,13 @@ def test_boundaries_freeze_grow_and_reset():
     for task, snapshot in enumerate(probe.ends[:-1]):
         for (keys, values), (_, layer) in zip(snapshot, routed_layers(module), strict=True):
             rows = slice(task * RANK, (task + 1) * RANK)
-            assert torch.equal(layer.bank.frozen_keys[rows], keys)
-            assert torch.equal(layer.bank.frozen_values[rows], values)
+            assert torch.equal(layer.frozen_keys[rows], keys)
+            assert torch.equal(layer.frozen_values[rows], values)
     # The last task's atoms stay current and trained: they take part in routing at inference.
     layer = routed_layers(module)[0][1]
     layer.eval()
-    assert layer.bank.current_in_use
-    assert layer.bank.num_routed == TASKS * RANK
+    assert layer.uses_current
+    assert layer.num_routed == TASKS * RANK
 
 
 def test_without_resets_optimizer_state_carries_over():

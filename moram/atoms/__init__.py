@@ -1,14 +1,14 @@
 """MoRAM: the routing formula, its fast kernels, the atom bank, the routed layer, injection and adapter files.
 
-Read in this order: :mod:`moram.atoms.routing` (the method in one page), :mod:`moram.atoms.bank`
-(storage and lifecycle), :mod:`moram.atoms.linear` (the layer), :mod:`moram.atoms.inject` (MoRAM as a
-method), :mod:`moram.atoms.state` (adapter files); :mod:`moram.atoms.kernels` is the fast path,
-tested equal to the reference.
+Read in this order: :mod:`moram.atoms.routing` (the method in one page), :mod:`moram.atoms.config`
+(MoRAM's method config), :mod:`moram.atoms.linear` (the layer: its tensors and routing; the lifecycle
+is the layer base's, :mod:`moram.adapters.layer`), :mod:`moram.atoms.inject` (the short Python API),
+:mod:`moram.atoms.state` (adapter files); :mod:`moram.atoms.kernels` is the fast path, tested equal
+to the reference.
 """
 
 from moram.adapters.inject import target_matches
-from moram.atoms.bank import AtomBank, AtomStateError
-from moram.atoms.config import AtomConfig
+from moram.atoms.config import AtomConfig, MoRAMConfig
 from moram.atoms.inject import (
     MoRAM,
     atom_banks,
@@ -20,14 +20,15 @@ from moram.atoms.inject import (
 )
 from moram.atoms.linear import AtomLinear
 from moram.atoms.state import load_atoms, read_atom_config, save_atoms
+from moram.errors import StateError as AtomStateError
 from moram.protocols import routed_layers
 
 __all__ = [
-    "AtomBank",
     "AtomConfig",
     "AtomLinear",
     "AtomStateError",
     "MoRAM",
+    "MoRAMConfig",
     "atom_banks",
     "atom_layers",
     "consolidate_atoms",

@@ -5,8 +5,9 @@ the stream, the optimiser and its per-task schedule, evaluation of every task af
 per-task scores accumulated in torchmetrics and synced across ranks, checkpoints, RNG state, cost
 file, FSDP2 sharding). A :class:`Backbone` provides only what differs between kinds of models:
 
-* :meth:`Backbone.build` — the frozen pre-trained model (an ``nn.Module``), built offline or loaded;
-* :meth:`Backbone.adapt` — inject the method's continual layers into its default targets;
+* :meth:`Backbone.build` — the frozen pre-trained model (an ``nn.Module``), built offline or loaded, in
+  the layout adapters go into (e.g. CLIP's attention split into q/k/v/out linears);
+* :meth:`Backbone.default_targets` — the modules every method adapts when ``model.targets`` is null;
 * :meth:`Backbone.training_loss` — the loss of a batch of the task being trained;
 * :meth:`Backbone.eval_scores` — per-example scores (0–100) of a batch of an evaluated task, per view;
 * :meth:`Backbone.predict` — what ``moram predict`` returns for a batch.
@@ -25,8 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from moram.adapters.method import AdapterMethod
-    from moram.atoms.config import AtomConfig
+    from moram.adapters.method import MethodConfig
     from moram.module import ContinualModule
 
 
@@ -81,11 +81,11 @@ class Backbone:
         self.reset()
 
     # ------------------------------------------------------------------ construction
-    def default_atoms(self) -> AtomConfig:
-        """Atom settings when ``model.atoms`` is null (the paper's settings for this kind of model)."""
-        from moram.atoms.config import AtomConfig
+    def default_method(self) -> MethodConfig:
+        """The method when ``model.method`` is null: MoRAM with the paper's settings for this kind of model."""
+        from moram.atoms.config import MoRAMConfig
 
-        return AtomConfig()
+        return MoRAMConfig()
 
     def build_options(self) -> dict[str, Any]:
         """The options that decide the frozen weights (recorded in checkpoints to refuse another backbone)."""
@@ -95,8 +95,8 @@ class Backbone:
         """The frozen pre-trained model, unadapted."""
         raise NotImplementedError
 
-    def adapt(self, model: nn.Module, atoms: AtomConfig, method: AdapterMethod | None) -> list[str]:
-        """Inject ``method`` (MoRAM with ``atoms`` when None) into ``model``'s targets; the adapted names."""
+    def default_targets(self, model: nn.Module) -> list[str]:
+        """The target patterns every method adapts in ``model`` (built by :meth:`build`) when ``model.targets`` is null."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ steps

@@ -1,5 +1,31 @@
 """Baselines run under MoRAM's protocol and callbacks: zero-shot, sequential LoRA, O-LoRA, MoE-LoRA, rank-r experts."""
 
-from moram.baselines.method import AdapterMethod, MoELoRA, OLoRA, RankRExperts, SequentialLoRA, ZeroShot
+from moram.baselines.method import (
+    AdapterMethod,
+    MethodConfig,
+    MoELoRA,
+    MoELoRAConfig,
+    OLoRA,
+    OLoRAConfig,
+    RankRExperts,
+    RankRExpertsConfig,
+    SequentialLoRA,
+    SequentialLoRAConfig,
+    ZeroShot,
+    ZeroShotConfig,
+)
 
-__all__ = ["AdapterMethod", "MoELoRA", "OLoRA", "RankRExperts", "SequentialLoRA", "ZeroShot"]
+__all__ = [
+    "AdapterMethod",
+    "MethodConfig",
+    "MoELoRA",
+    "MoELoRAConfig",
+    "OLoRA",
+    "OLoRAConfig",
+    "RankRExperts",
+    "RankRExpertsConfig",
+    "SequentialLoRA",
+    "SequentialLoRAConfig",
+    "ZeroShot",
+    "ZeroShotConfig",
+]

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from moram.adapters.layer import LayerCost
 from moram.atoms.routing import normalized_topk_weights
 from moram.baselines.expert_store import ExpertStoreLinear
+from moram.baselines.method import RankRExpertsConfig
 
 
 class ExpertBankLinear(ExpertStoreLinear):
@@ -41,12 +42,15 @@ class ExpertBankLinear(ExpertStoreLinear):
 
     eps: float = 1e-6
 
+    config: RankRExpertsConfig
+
     def __init__(
-        self, base: nn.Module, in_features: int, out_features: int, *, rank: int, max_tasks: int,
-        top_k: int = 2, temperature: float = 0.01, threshold: float | None = 0.2, scale: float = 1.0, seed: int = 0,
+        self, base: nn.Module, in_features: int, out_features: int, config: RankRExpertsConfig | None = None, *,
+        max_tasks: int, seed: int = 0, **options: Any,
     ) -> None:
-        super().__init__(base, in_features, out_features, rank=rank, max_tasks=max_tasks, scale=scale, seed=seed)
-        self.top_k, self.temperature, self.threshold = top_k, temperature, threshold
+        config = config if config is not None else RankRExpertsConfig(**options)
+        super().__init__(base, in_features, out_features, config, max_tasks=max_tasks, seed=seed)
+        self.top_k, self.temperature, self.threshold = config.top_k, config.temperature, config.threshold
 
     def route(self, z: Tensor) -> Tensor:
         """Expert weights ``w`` ``(..., E)`` from the responses ``z`` ``(..., E, r)``."""
@@ -57,7 +61,7 @@ class ExpertBankLinear(ExpertStoreLinear):
         )
 
     def delta(self, x: Tensor) -> Tensor | None:
-        use_current = self.uses_current()
+        use_current = self.uses_current
         if self.task_index == 0 and not use_current:
             return None
         h = x.to(self.current_A.dtype)
@@ -67,12 +71,6 @@ class ExpertBankLinear(ExpertStoreLinear):
         if self.route_hooks:
             self.report_route(w)
         return self.mix(z, w, b)
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank, "top_k": self.top_k, "temperature": self.temperature, "threshold": self.threshold,
-            "scale": self.scale, "max_tasks": self.max_tasks,
-        }
 
     def cost(self, num_tasks: int) -> LayerCost:
         """Every expert's ``A`` scores the token (``2·E·r·d_in``); the k selected experts' ``B`` ``2·k·r·d_out``."""

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moram.adapters.layer import ContinualLinear, LayerCost
+from moram.baselines.method import SequentialLoRAConfig
 from moram.distributed import assign_full
 
 
@@ -22,18 +23,22 @@ class LoRALinear(ContinualLinear):
     """A frozen linear map plus one LoRA of rank ``rank`` shared by all tasks.
 
     Example:
-        >>> layer = LoRALinear(nn.Linear(8, 4), 8, 4, rank=2, max_tasks=3)
+        >>> layer = LoRALinear(nn.Linear(8, 4), 8, 4, SequentialLoRAConfig(rank=2), max_tasks=3)
         >>> x = torch.randn(3, 8)
         >>> torch.equal(layer(x), layer.base(x))  # B starts at zero
         True
     """
 
+    config: SequentialLoRAConfig
+
     def __init__(
-        self, base: nn.Module, in_features: int, out_features: int, *, rank: int, max_tasks: int,
-        scale: float = 1.0, seed: int = 0,
+        self, base: nn.Module, in_features: int, out_features: int, config: SequentialLoRAConfig | None = None, *,
+        max_tasks: int, seed: int = 0, **options: Any,
     ) -> None:
-        super().__init__(base, in_features, out_features, max_tasks=max_tasks, seed=seed)
-        self.rank, self.scale = rank, scale
+        config = config if config is not None else SequentialLoRAConfig(**options)
+        super().__init__(base, in_features, out_features, config, max_tasks=max_tasks, seed=seed)
+        self.rank, self.scale = config.rank, config.scale
+        rank = config.rank
         kw = self.factory_kwargs
         self.lora_A = nn.Parameter(torch.zeros(rank, in_features, **kw))
         self.lora_B = nn.Parameter(torch.zeros(out_features, rank, **kw))
@@ -43,23 +48,11 @@ class LoRALinear(ContinualLinear):
         h = x.to(self.lora_A.dtype)
         return self.scale * F.linear(F.linear(h, self.lora_A), self.lora_B)  # (..., r) -> (..., d_out)
 
-    def end_task(self) -> None:
-        """Nothing to freeze: the LoRA keeps training in the next task."""
-
     def current_parameters(self) -> list[nn.Parameter]:
+        """The one LoRA (it is never frozen: each task goes on training it)."""
         return [self.lora_A, self.lora_B]
-
-    def settings(self) -> dict[str, Any]:
-        return {"rank": self.rank, "scale": self.scale, "max_tasks": self.max_tasks}
 
     def cost(self, num_tasks: int) -> LayerCost:
         """One LoRA whatever the number of tasks: ``r(d_in + d_out)`` parameters, ``2r(d_in + d_out)`` FLOPs."""
         n = self.rank * (self.in_features + self.out_features)
         return LayerCost(n, n, 2 * n)
-
-    def upgrade_state(self, state_dict: dict[str, Any], prefix: str) -> None:
-        """Files written before the LoRA matrices were named ``lora_A``/``lora_B``: ``keys`` = A, ``values`` = Bᵀ."""
-        if prefix + "keys" in state_dict and prefix + "lora_A" not in state_dict:
-            state_dict[prefix + "lora_A"] = state_dict.pop(prefix + "keys")
-        if prefix + "values" in state_dict and prefix + "lora_B" not in state_dict:
-            state_dict[prefix + "lora_B"] = state_dict.pop(prefix + "values").T.contiguous()

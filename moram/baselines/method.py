@@ -1,35 +1,57 @@
-"""The baseline methods, chosen by ``model.method`` (a ``class_path``) of moram's LightningModules.
+"""The baseline methods' configs, chosen by ``model.method`` (a ``class_path``) like MoRAM's.
 
-Every method injects its layers (:class:`~moram.adapters.layer.ContinualLinear`) into the same
-targets through the same injector and runs under the same protocol and callbacks;
-``model.method: null`` (the default) is MoRAM (:class:`moram.atoms.MoRAM`) with ``model.atoms``::
+Every method is a frozen dataclass of its own hyperparameters (:class:`~moram.adapters.method.MethodConfig`);
+it injects its layers (:class:`~moram.adapters.layer.ContinualLinear`) into the same targets
+(``model.targets``) through the same injector, holding the same number of tasks (``model.max_tasks``)
+and seeded by the same ``model.seed``, and runs under the same protocol and callbacks::
 
     model:
       init_args:
         method:
-          class_path: moram.baselines.MoELoRA
+          class_path: moram.baselines.MoELoRAConfig
           init_args: {rank: 8, top_k: 2}
 
-or on the command line ``--model.method moram.baselines.SequentialLoRA --model.method.rank 8``.
-MoRAM's own ablations (k, tau, delta off, absolute scores) are ``model.atoms`` options:
-``--model.atoms.top_k 2``, ``--model.atoms.temperature 0.1``, ``--model.atoms.signed_scores false``;
-delta off is ``threshold: null`` in the YAML, or ``--model.atoms.threshold -1`` on the command line
-(normalised scores are >= -1, so nothing is gated; jsonargparse rejects ``null`` for that nested flag).
+or on the command line ``--model.method MoELoRAConfig --model.method.rank 8``. MoRAM's own ablations
+(k, tau, delta off, absolute scores) are options of :class:`moram.atoms.MoRAMConfig`, the default
+method: ``--model.method.top_k 2``, ``--model.method.temperature 0.1``,
+``--model.method.signed_scores false``; delta off is ``threshold: null`` in the YAML, or
+``--model.method.threshold -1`` on the command line (normalised scores are >= -1, so nothing is gated).
+
+The names of earlier versions (``SequentialLoRA``, ``OLoRA``, ``MoELoRA``, ``RankRExperts``,
+``ZeroShot``) are the same classes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from moram.adapters.layer import ContinualLinear
-from moram.adapters.method import AdapterMethod
+from moram.adapters.method import AdapterMethod, MethodConfig
 
-__all__ = ["AdapterMethod", "MoELoRA", "OLoRA", "RankRExperts", "SequentialLoRA", "ZeroShot"]
+if TYPE_CHECKING:
+    from moram.adapters.layer import ContinualLinear
+
+__all__ = [
+    "AdapterMethod",
+    "MethodConfig",
+    "MoELoRA",
+    "MoELoRAConfig",
+    "OLoRA",
+    "OLoRAConfig",
+    "RankRExperts",
+    "RankRExpertsConfig",
+    "SequentialLoRA",
+    "SequentialLoRAConfig",
+    "ZeroShot",
+    "ZeroShotConfig",
+]
 
 
-class ZeroShot(AdapterMethod):
+@dataclass(frozen=True)
+class ZeroShotConfig(MethodConfig):
     """No adapter: the backbone as it is. Training steps do nothing; every row equals the zero-shot row."""
 
     def inject(self, model: nn.Module, targets: Sequence[str], *, max_tasks: int, seed: int = 0) -> list[str]:
@@ -37,7 +59,8 @@ class ZeroShot(AdapterMethod):
         return []
 
 
-class SequentialLoRA(AdapterMethod):
+@dataclass(frozen=True)
+class SequentialLoRAConfig(MethodConfig):
     """One LoRA per target layer trained through all tasks (:class:`~moram.baselines.lora.LoRALinear`).
 
     Args:
@@ -45,20 +68,21 @@ class SequentialLoRA(AdapterMethod):
         scale: multiplier of the LoRA output (alpha / rank).
     """
 
-    def __init__(self, rank: int = 8, scale: float = 1.0) -> None:
-        self.rank, self.scale = rank, scale
+    rank: int = 8
+    scale: float = 1.0
 
-    def make_layer(
-        self, base: nn.Module, in_features: int, out_features: int, *, max_tasks: int, seed: int
-    ) -> ContinualLinear:
+    def __post_init__(self) -> None:
+        self.check("rank", self.rank >= 1, "an integer >= 1")
+
+    @property
+    def layer_class(self) -> type[ContinualLinear]:  # type: ignore[override]
         from moram.baselines.lora import LoRALinear
 
-        return LoRALinear(
-            base, in_features, out_features, rank=self.rank, max_tasks=max_tasks, scale=self.scale, seed=seed
-        )
+        return LoRALinear
 
 
-class MoELoRA(AdapterMethod):
+@dataclass(frozen=True)
+class MoELoRAConfig(MethodConfig):
     """Router + top-k gating over per-task LoRA experts (:class:`~moram.baselines.moe_lora.MoELoRALinear`).
 
     Args:
@@ -67,21 +91,23 @@ class MoELoRA(AdapterMethod):
         scale: multiplier of the experts' output.
     """
 
-    def __init__(self, rank: int = 8, top_k: int = 2, scale: float = 1.0) -> None:
-        self.rank, self.top_k, self.scale = rank, top_k, scale
+    rank: int = 8
+    top_k: int = 2
+    scale: float = 1.0
 
-    def make_layer(
-        self, base: nn.Module, in_features: int, out_features: int, *, max_tasks: int, seed: int
-    ) -> ContinualLinear:
+    def __post_init__(self) -> None:
+        self.check("rank", self.rank >= 1, "an integer >= 1")
+        self.check("top_k", self.top_k >= 1, "an integer >= 1")
+
+    @property
+    def layer_class(self) -> type[ContinualLinear]:  # type: ignore[override]
         from moram.baselines.moe_lora import MoELoRALinear
 
-        return MoELoRALinear(
-            base, in_features, out_features, rank=self.rank, max_tasks=max_tasks, top_k=self.top_k, scale=self.scale,
-            seed=seed,
-        )
+        return MoELoRALinear
 
 
-class RankRExperts(AdapterMethod):
+@dataclass(frozen=True)
+class RankRExpertsConfig(MethodConfig):
     """MoRAM's self-activated routing over rank-r experts (:class:`~moram.baselines.experts.ExpertBankLinear`).
 
     Args:
@@ -92,24 +118,26 @@ class RankRExperts(AdapterMethod):
         scale: multiplier of the experts' output.
     """
 
-    def __init__(
-        self, rank: int = 8, top_k: int = 2, temperature: float = 0.01, threshold: float | None = 0.2,
-        scale: float = 1.0,
-    ) -> None:
-        self.rank, self.top_k, self.temperature, self.threshold, self.scale = rank, top_k, temperature, threshold, scale
+    rank: int = 8
+    top_k: int = 2
+    temperature: float = 0.01
+    threshold: float | None = 0.2
+    scale: float = 1.0
 
-    def make_layer(
-        self, base: nn.Module, in_features: int, out_features: int, *, max_tasks: int, seed: int
-    ) -> ContinualLinear:
+    def __post_init__(self) -> None:
+        self.check("rank", self.rank >= 1, "an integer >= 1")
+        self.check("top_k", self.top_k >= 1, "an integer >= 1")
+        self.check("temperature", self.temperature > 0, "a float > 0")
+
+    @property
+    def layer_class(self) -> type[ContinualLinear]:  # type: ignore[override]
         from moram.baselines.experts import ExpertBankLinear
 
-        return ExpertBankLinear(
-            base, in_features, out_features, rank=self.rank, max_tasks=max_tasks, top_k=self.top_k,
-            temperature=self.temperature, threshold=self.threshold, scale=self.scale, seed=seed,
-        )
+        return ExpertBankLinear
 
 
-class OLoRA(AdapterMethod):
+@dataclass(frozen=True)
+class OLoRAConfig(MethodConfig):
     """O-LoRA: a LoRA per task, orthogonal to the earlier tasks' (:class:`~moram.baselines.olora.OLoRALinear`).
 
     Earlier tasks' LoRAs are frozen and summed; the present one's ``A`` is pushed orthogonal to every
@@ -123,19 +151,27 @@ class OLoRA(AdapterMethod):
         lambda_l2: lambda_2, weight of ``||A_t||_F + ||B_t||_F`` of the present LoRA (O-LoRA: 0).
     """
 
-    def __init__(
-        self, rank: int = 8, scale: float = 4.0, dropout: float = 0.1, lambda_orth: float = 0.5,
-        lambda_l2: float = 0.0,
-    ) -> None:
-        self.rank, self.scale, self.dropout = rank, scale, dropout
-        self.lambda_orth, self.lambda_l2 = lambda_orth, lambda_l2
+    rank: int = 8
+    scale: float = 4.0
+    dropout: float = 0.1
+    lambda_orth: float = 0.5
+    lambda_l2: float = 0.0
 
-    def make_layer(
-        self, base: nn.Module, in_features: int, out_features: int, *, max_tasks: int, seed: int
-    ) -> ContinualLinear:
+    runtime_options = ("dropout",)
+
+    def __post_init__(self) -> None:
+        self.check("rank", self.rank >= 1, "an integer >= 1")
+        self.check("dropout", 0.0 <= self.dropout < 1.0, "a float in [0, 1)")
+
+    @property
+    def layer_class(self) -> type[ContinualLinear]:  # type: ignore[override]
         from moram.baselines.olora import OLoRALinear
 
-        return OLoRALinear(
-            base, in_features, out_features, rank=self.rank, max_tasks=max_tasks, scale=self.scale,
-            dropout=self.dropout, lambda_orth=self.lambda_orth, lambda_l2=self.lambda_l2, seed=seed,
-        )
+        return OLoRALinear
+
+
+ZeroShot = ZeroShotConfig
+SequentialLoRA = SequentialLoRAConfig
+MoELoRA = MoELoRAConfig
+RankRExperts = RankRExpertsConfig
+OLoRA = OLoRAConfig

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from moram.adapters.layer import LayerCost
 from moram.baselines.expert_store import ExpertStoreLinear
+from moram.baselines.method import MoELoRAConfig
 from moram.distributed import assign_full
 
 
@@ -34,12 +35,15 @@ class MoELoRALinear(ExpertStoreLinear):
         tensor([1., 1., 1., 1., 1.], grad_fn=<SumBackward1>)
     """
 
+    config: MoELoRAConfig
+
     def __init__(
-        self, base: nn.Module, in_features: int, out_features: int, *, rank: int, max_tasks: int,
-        top_k: int = 2, scale: float = 1.0, seed: int = 0,
+        self, base: nn.Module, in_features: int, out_features: int, config: MoELoRAConfig | None = None, *,
+        max_tasks: int, seed: int = 0, **options: Any,
     ) -> None:
-        super().__init__(base, in_features, out_features, rank=rank, max_tasks=max_tasks, scale=scale, seed=seed)
-        self.top_k = top_k
+        config = config if config is not None else MoELoRAConfig(**options)
+        super().__init__(base, in_features, out_features, config, max_tasks=max_tasks, seed=seed)
+        self.top_k = config.top_k
         self.router = nn.Parameter(torch.zeros(max_tasks, in_features, **self.factory_kwargs))
         assign_full(self.router, self.kaiming_rows(max_tasks, -1))
 
@@ -52,7 +56,7 @@ class MoELoRALinear(ExpertStoreLinear):
         return torch.zeros_like(logits).scatter(-1, idx, torch.softmax(top, dim=-1))
 
     def delta(self, x: Tensor) -> Tensor | None:
-        use_current = self.uses_current()
+        use_current = self.uses_current
         if self.task_index == 0 and not use_current:
             return None
         h = x.to(self.current_A.dtype)
@@ -66,9 +70,6 @@ class MoELoRALinear(ExpertStoreLinear):
     def current_parameters(self) -> list[nn.Parameter]:
         """The current expert and the router (never frozen)."""
         return [self.current_A, self.current_B, self.router]
-
-    def settings(self) -> dict[str, Any]:
-        return {"rank": self.rank, "top_k": self.top_k, "scale": self.scale, "max_tasks": self.max_tasks}
 
     def cost(self, num_tasks: int) -> LayerCost:
         """Router ``max_tasks·d_in`` plus one expert per task; per token the router's ``2·E·d_in`` and top-k experts."""

@@ -30,23 +30,14 @@ from torch import Tensor, nn
 
 from moram.adapters.layer import LayerCost
 from moram.baselines.expert_store import LoRAStoreLinear
+from moram.baselines.method import OLoRAConfig
 from moram.distributed import full_value
 
 
 class OLoRALinear(LoRAStoreLinear):
     """A frozen linear map plus one LoRA per task, the present one regularised by :meth:`penalty`.
 
-    Args:
-        base: the frozen linear map.
-        in_features: its input width.
-        out_features: its output width.
-        rank: rank r of each task's LoRA.
-        max_tasks: tasks the layer holds.
-        scale: multiplier of every LoRA's output (``lora_alpha / r``).
-        dropout: dropout on the input of the LoRAs, in training only.
-        lambda_orth: λ₁, weight of the L1 overlap of ``A_t`` with every earlier ``A_s``.
-        lambda_l2: λ₂, weight of ``‖A_t‖_F + ‖B_t‖_F``.
-        seed: the layer's seed.
+    Options (rank, scale, dropout, lambda_orth, lambda_l2): :class:`~moram.baselines.method.OLoRAConfig`.
 
     Example:
         >>> layer = OLoRALinear(nn.Linear(8, 4), 8, 4, rank=2, max_tasks=3)
@@ -59,14 +50,15 @@ class OLoRALinear(LoRAStoreLinear):
 
     seed_namespace = "moram-olora"
 
+    config: OLoRAConfig
+
     def __init__(
-        self, base: nn.Module, in_features: int, out_features: int, *, rank: int, max_tasks: int,
-        scale: float = 4.0, dropout: float = 0.1, lambda_orth: float = 0.5, lambda_l2: float = 0.0, seed: int = 0,
+        self, base: nn.Module, in_features: int, out_features: int, config: OLoRAConfig | None = None, *,
+        max_tasks: int, seed: int = 0, **options: Any,
     ) -> None:
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"model.method.dropout must be in [0, 1), got {dropout}")
-        super().__init__(base, in_features, out_features, rank=rank, max_tasks=max_tasks, scale=scale, seed=seed)
-        self.dropout, self.lambda_orth, self.lambda_l2 = dropout, lambda_orth, lambda_l2
+        config = config if config is not None else OLoRAConfig(**options)
+        super().__init__(base, in_features, out_features, config, max_tasks=max_tasks, seed=seed)
+        self.dropout, self.lambda_orth, self.lambda_l2 = config.dropout, config.lambda_orth, config.lambda_l2
 
     # ------------------------------------------------------------------ function
     def delta(self, x: Tensor) -> Tensor:
@@ -82,18 +74,12 @@ class OLoRALinear(LoRAStoreLinear):
         total = a_t.new_zeros((), dtype=torch.float32)
         n = self.task_index
         if self.lambda_orth and n:
-            earlier = self.frozen_A[:n].reshape(n * self.rank, self.in_features)  # (n·r, d_in)
+            earlier = self.frozen_A[: n * self.rank]  # (n·r, d_in)
             total = total + self.lambda_orth * (a_t.float() @ earlier.float().T).abs().sum()  # (r, n·r) overlaps
         if self.lambda_l2:
             b_t = full_value(self.current_B)
             total = total + self.lambda_l2 * (torch.linalg.norm(a_t.float()) + torch.linalg.norm(b_t.float()))
         return total
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank, "scale": self.scale, "dropout": self.dropout, "lambda_orth": self.lambda_orth,
-            "lambda_l2": self.lambda_l2, "max_tasks": self.max_tasks,
-        }
 
     def cost(self, num_tasks: int) -> LayerCost:
         """One LoRA trained per task; after T tasks T LoRAs stored and all run: ``2·T·r(d_in + d_out)`` FLOPs."""

@@ -17,8 +17,6 @@ from torch import Tensor, nn
 from moram.backbones.base import Backbone, EvalScores, StepLoss
 
 if TYPE_CHECKING:
-    from moram.adapters.method import AdapterMethod
-    from moram.atoms.config import AtomConfig
     from moram.module import ContinualModule
 
 EvalProtocol = Literal["task_aware", "task_agnostic"]
@@ -119,6 +117,17 @@ class CLIPBackbone(Backbone):
         return {"model_config": self.model_config, "model_name": self.model_name, "pretrained": self.pretrained}
 
     def build(self) -> nn.Module:
+        """The frozen CLIP with its attention split into q/k/v/out linears (what adapters go into)."""
+        from moram.backbones.clip.attention import convert_attention
+        from moram.backbones.clip.build import set_checkpointing
+
+        model = self._load()
+        convert_attention(model)
+        if self.checkpointing:
+            set_checkpointing(model, self.checkpointing)
+        return model
+
+    def _load(self) -> nn.Module:
         from moram.backbones.clip.build import build_clip
 
         if self.pretrained == "packaged":
@@ -136,13 +145,11 @@ class CLIPBackbone(Backbone):
             )
         return model
 
-    def adapt(self, model: nn.Module, atoms: AtomConfig, method: AdapterMethod | None) -> list[str]:
-        from moram.backbones.clip.build import prepare_clip, set_checkpointing
+    def default_targets(self, model: nn.Module) -> list[str]:
+        """Attention (q, k, v, out) and/or MLP linears of the chosen towers (``towers``, ``layers``)."""
+        from moram.backbones.clip.build import clip_targets
 
-        adapted = prepare_clip(model, atoms, towers=self.towers, layers=self.layers, method=method)
-        if self.checkpointing:
-            set_checkpointing(model, self.checkpointing)
-        return adapted
+        return clip_targets(self.towers, self.layers)
 
     # ------------------------------------------------------------------ helpers
     def _task_prompts(self, host: ContinualModule, task: int) -> Tensor:

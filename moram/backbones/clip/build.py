@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from moram.adapters.method import AdapterMethod
+    from moram.adapters.method import MethodConfig
     from moram.atoms import AtomConfig
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "models"
@@ -123,20 +123,22 @@ def clip_targets(towers: Sequence[str] = TOWERS, layers: Sequence[str] = LAYERS)
 
 def prepare_clip(
     model: nn.Module, atom_config: AtomConfig, towers: Sequence[str] = TOWERS, layers: Sequence[str] = LAYERS,
-    method: AdapterMethod | None = None,
+    method: MethodConfig | None = None,
 ) -> list[str]:
     """Convert the attention of ``model`` and inject atoms (or ``method``'s layers); returns the adapted names.
 
     Targets are ``atom_config.targets`` when set, else :func:`clip_targets` of ``towers`` and
-    ``layers``. Call it after loading pretrained weights and before building the optimizer. A
-    baseline ``method`` takes the same targets, ``max_tasks`` and seed from ``atom_config``.
+    ``layers``; ``atom_config`` also gives the capacity and seed (and MoRAM's options when ``method``
+    is None). Call it after loading pretrained weights and before building the optimizer.
     """
-    from moram.atoms.inject import adapt
     from moram.backbones.clip.attention import convert_attention
 
+    if atom_config.max_tasks is None:
+        raise ValueError("AtomConfig.max_tasks is None: set the number of tasks the adapters must hold")
     targets = atom_config.targets if atom_config.targets is not None else clip_targets(towers, layers)
     convert_attention(model)
-    return adapt(model, atom_config, targets, method)
+    chosen = method if method is not None else atom_config.method
+    return chosen.inject(model, targets, max_tasks=atom_config.max_tasks, seed=atom_config.seed)
 
 
 # ---------------------------------------------------------------------------- activation checkpointing

@@ -24,8 +24,7 @@ from torch import Tensor, nn
 from moram.backbones.base import Backbone, EvalScores, StepLoss
 
 if TYPE_CHECKING:
-    from moram.adapters.method import AdapterMethod
-    from moram.atoms.config import AtomConfig
+    from moram.adapters.method import MethodConfig
     from moram.module import ContinualModule
 
 
@@ -73,11 +72,11 @@ class LMBackbone(Backbone):
         self.is_seq2seq = False
 
     # ------------------------------------------------------------------ construction
-    def default_atoms(self) -> AtomConfig:
-        """The paper's LLM settings (``AtomConfig.llm()``: r = k = 8, tau 0.03, delta 0.2, scale 2, dropout 0.1)."""
-        from moram.atoms.config import AtomConfig
+    def default_method(self) -> MethodConfig:
+        """MoRAM with the paper's LLM settings (``MoRAMConfig.llm()``: r = k = 8, tau 0.03, delta 0.2, scale 2, dropout 0.1)."""
+        from moram.atoms.config import MoRAMConfig
 
-        return AtomConfig.llm()
+        return MoRAMConfig.llm()
 
     def build_options(self) -> dict[str, Any]:
         return {"model": self.model, "config": self.config, "tokenizer": self.tokenizer_source, "dtype": self.dtype}
@@ -93,10 +92,11 @@ class LMBackbone(Backbone):
         model.train()
         return model
 
-    def adapt(self, model: nn.Module, atoms: AtomConfig, method: AdapterMethod | None) -> list[str]:
-        from moram.backbones.lm.build import prepare_lm
+    def default_targets(self, model: nn.Module) -> list[str]:
+        """The architecture's attention projections (and feed-forward linears with ``include_mlp``)."""
+        from moram.backbones.lm.build import default_lm_targets
 
-        return prepare_lm(model, atoms, include_mlp=self.include_mlp, method=method)
+        return default_lm_targets(model, self.include_mlp)
 
     # ------------------------------------------------------------------ training
     def answer_loss(

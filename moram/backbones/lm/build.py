@@ -27,7 +27,7 @@ a model fails loudly instead of silently adapting fewer layers.
 T5's regex keeps every other module called ``o`` out; BERT's keeps out the pooler's and the MLM
 head's ``dense``. A packed projection (GPT-2's ``c_attn``, Phi-3's ``qkv_proj``) carries one bank,
 so its q, k and v share one routing decision per token, unlike separate q/k/v layers (DESIGN.md §1).
-For any other architecture set ``AtomConfig.targets``.
+For any other architecture set ``model.targets`` (``AtomConfig.targets`` in the Python API).
 
 Example:
     >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -48,9 +48,9 @@ from typing import Any
 
 from torch import nn
 
-from moram.adapters.method import AdapterMethod
+from moram.adapters.method import MethodConfig
 from moram.atoms.config import AtomConfig
-from moram.atoms.inject import adapt
+from moram.errors import ConfigError
 
 _QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
 _GATED_MLP = ["gate_proj", "up_proj", "down_proj"]
@@ -107,7 +107,7 @@ def default_lm_targets(model: nn.Module, include_mlp: bool = False) -> list[str]
     if model_type not in _DEFAULTS:
         found = f"model_type '{model_type}'" if model_type else "no config.model_type"
         raise ValueError(
-            f"moram has no default atom targets for {type(model).__name__} ({found}); set AtomConfig.targets "
+            f"moram has no default atom targets for {type(model).__name__} ({found}); set model.targets "
             f"to the linear layers to adapt (e.g. ['q_proj', 'v_proj']); model types with defaults: "
             f"{', '.join(SUPPORTED_MODEL_TYPES)}"
         )
@@ -117,21 +117,24 @@ def default_lm_targets(model: nn.Module, include_mlp: bool = False) -> list[str]
     if mlp is None:
         raise ValueError(
             f"model_type '{model_type}' keeps its experts in fused parameters, not linear layers, so "
-            "include_mlp=True cannot adapt them; use include_mlp=False or list the layers in AtomConfig.targets"
+            "include_mlp=True cannot adapt them; use include_mlp=False or list the layers in model.targets"
         )
     return [*attention, *mlp]
 
 
 def prepare_lm(
-    model: nn.Module, atom_config: AtomConfig, include_mlp: bool = False, method: AdapterMethod | None = None
+    model: nn.Module, atom_config: AtomConfig, include_mlp: bool = False, method: MethodConfig | None = None
 ) -> list[str]:
     """Inject atoms (or ``method``'s layers) into a transformers model: ``atom_config.targets``, else the defaults.
 
-    ``include_mlp`` only applies to the defaults. Returns the adapted module names (see
-    :func:`moram.atoms.inject.adapt`).
+    ``atom_config`` gives the capacity, targets and seed (and MoRAM's options when ``method`` is None);
+    ``include_mlp`` only applies to the defaults. Returns the adapted module names.
     """
+    if atom_config.max_tasks is None:
+        raise ConfigError("AtomConfig.max_tasks is None: set the number of tasks the adapters must hold")
     targets = atom_config.targets if atom_config.targets else default_lm_targets(model, include_mlp)
-    return adapt(model, atom_config, targets, method)
+    chosen = method if method is not None else atom_config.method
+    return chosen.inject(model, targets, max_tasks=atom_config.max_tasks, seed=atom_config.seed)
 
 
 # ---------------------------------------------------------------------------- loading
