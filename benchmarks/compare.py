@@ -20,7 +20,7 @@ Example (the offline default protocol, five methods, three seeds)::
         --run moe_lora="--model.method moram.baselines.MoELoRA --model.method.rank 8" \\
         --run rank_r_experts="--model.method moram.baselines.RankRExperts --model.method.rank 8"
 
-A seed ``S`` sets ``--seed_everything S --model.atoms.seed S --data.seed S`` (global RNG, adapter
+A seed ``S`` sets ``--seed_everything S --model.seed S --data.seed S`` (global RNG, adapter
 initialisation, task data order); change with ``--seed-flags``. :func:`compare` is the function a
 ``moram compare`` subcommand can call.
 """
@@ -42,7 +42,7 @@ SUMMARY = ("last", "average", "transfer", "acc", "bwt", "forgetting")  # from co
 METRICS = ("learning", *SUMMARY, "leakage", "gate_empty")
 HEADERS = ("Learning", "Last", "Average", "Transfer", "ACC", "BWT", "Forgetting", "Leakage", "δ-emptied")
 COST = ("trainable_per_task", "stored", "flops_per_token_per_layer")
-SEED_FLAGS = ("--seed_everything", "--model.atoms.seed", "--data.seed")
+SEED_FLAGS = ("--seed_everything", "--model.seed", "--data.seed")
 
 
 def _scalar(summary: dict[str, Any], name: str) -> float | None:

@@ -36,14 +36,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from moram.errors import CheckpointError
+
+# reading what earlier versions wrote lives in moram.upgrades; these names stay importable from here
+from moram.upgrades import LEGACY_MODULES, stored_task_count, upgrade_hparams  # noqa: F401
+
 FORMAT = 2  # 1 (implicit): the full state dict, backbone included
 KEY = "moram_checkpoint"
 SAMPLE_LIMIT = 1 << 22  # elements: tensors up to this size may be hashed in full
 SAMPLES = 4
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot resume this run; the message names the file and the fix."""
 
 
 def clean_key(name: str) -> str:
@@ -215,57 +218,6 @@ def load_sharded_state(module: nn.Module, path: Path) -> None:
     wrapped = {"state_dict": state}
     load(wrapped, checkpoint_id=path)
     module.load_state_dict(wrapped["state_dict"], strict=False)
-
-
-# --------------------------------------------------------------------------------------- hyperparameters
-LEGACY_MODULES = {
-    "moram.module.CLIPContinualModule": "moram.backbones.clip.CLIPBackbone",
-    "moram.lm_module.LMContinualModule": "moram.backbones.lm.LMBackbone",
-}
-"""The LightningModules of moram 0.1 (one per kind of model), and the backbone plugin each became: the
-plugin's constructor options were those modules' backbone options."""
-
-
-def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """Hyperparameters of a moram 0.1 module (``CLIPContinualModule``, ``LMContinualModule``) in the composed form.
-
-    Their backbone options move under ``backbone`` (a ``class_path`` to the plugin); the shared ones
-    (atoms, method, optimiser) stay. Anything else is returned unchanged.
-
-    Example:
-        >>> new = upgrade_hparams({"_class_path": "moram.module.CLIPContinualModule", "model_config": "m", "lr": 0.1})
-        >>> new["_class_path"], new["lr"]
-        ('moram.module.ContinualModule', 0.1)
-        >>> new["backbone"]
-        {'class_path': 'moram.backbones.clip.CLIPBackbone', 'init_args': {'model_config': 'm'}}
-    """
-    import importlib
-    import inspect
-
-    backbone = LEGACY_MODULES.get(str(hparams.get("_class_path")))
-    if backbone is None:
-        return hparams
-    module, _, name = backbone.rpartition(".")
-    options = inspect.signature(getattr(importlib.import_module(module), name)).parameters
-    shared = {k: v for k, v in hparams.items() if k not in options and k != "_class_path"}
-    init_args = {k: hparams[k] for k in options if k in hparams}
-    return {**shared, "backbone": {"class_path": backbone, "init_args": init_args},
-            "_class_path": "moram.module.ContinualModule"}
-
-
-def stored_task_count(checkpoint: dict[str, Any]) -> int | None:
-    """The number of tasks the checkpoint's banks were built for (their capacity), or None if it does not say.
-
-    Written as ``moram_checkpoint["max_tasks"]`` since moram 0.2; older files hold the task stream's
-    state (its ``task_names``), which gives the same number when ``atoms.max_tasks`` came from the stream.
-    """
-    info = checkpoint.get(KEY)
-    if isinstance(info, dict) and info.get("max_tasks") is not None:
-        return int(info["max_tasks"])
-    for value in checkpoint.values():
-        if isinstance(value, dict) and isinstance(value.get("task_names"), list) and value["task_names"]:
-            return len(value["task_names"])
-    return None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

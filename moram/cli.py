@@ -5,7 +5,7 @@ Model and data are chosen by ``class_path`` in the YAML; every option shows in `
 
 Values that must agree are derived, not written twice: when the data is a task stream
 (:class:`moram.protocols.TaskStream`), ``trainer.max_epochs`` left null becomes the number of tasks,
-and the LightningModules size their atom banks from the same number (``model.atoms.max_tasks: null``).
+and the LightningModules size their atom banks from the same number (``model.max_tasks: null``).
 The trainer defaults of a task stream (:data:`TASK_STREAM_TRAINER_DEFAULTS`: a reload per epoch, the
 full zero-shot validation, no distributed sampler) are the command's defaults, not lines in every config.
 A continual run always gets a :class:`~moram.callbacks.task_boundary.TaskBoundaryCallback` and a
@@ -264,6 +264,26 @@ def parser_error_line(message: str) -> str:
     return f"--{'.'.join(deepest[1])}: {reason}"
 
 
+def fresh_method_options(args: list[str]) -> list[str]:
+    """``args`` where each ``--model.method X`` starts from ``X``'s own defaults.
+
+    jsonargparse keeps the init_args of the previous class_path that the new class also has, so
+    ``--config llm_cl.yaml --model.method moram.baselines.OLoRAConfig`` would hand O-LoRA MoRAM's ``scale``
+    and ``dropout`` from the config. A ``--model.method null`` is put before each such option, so a method
+    given on the command line gets its defaults plus the options given after it.
+
+    Example:
+        >>> fresh_method_options(["fit", "--model.method", "OLoRAConfig", "--model.method.rank", "4"])
+        ['fit', '--model.method', 'null', '--model.method', 'OLoRAConfig', '--model.method.rank', '4']
+    """
+    out: list[str] = []
+    for arg in args:
+        if arg == "--model.method" or arg.startswith("--model.method="):
+            out += ["--model.method", "null"]
+        out.append(arg)
+    return out
+
+
 class MoramArgumentParser(LightningArgumentParser):
     """LightningCLI's parser, reporting a bad option in one line plus a hint, and moram's meaning of ``ckpt_path``."""
 
@@ -314,6 +334,8 @@ class MoramCLI(LightningCLI):
 
         See :func:`_restore_nulls`.
         """
+        if args is None or isinstance(args, (list, tuple)):
+            args = fresh_method_options(list(sys.argv[1:] if args is None else args))
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
@@ -513,7 +535,8 @@ def user_error(err: BaseException) -> str | None:
     return found
 
 
-_OPTION_NAMES = {"AtomConfig.": "model.atoms."}  # where a class's fields are options of the CLI
+# a method config's fields are model.method options
+_OPTION_NAMES = {r"\b(?!AtomConfig)[A-Z]\w*Config\.": "model.method."}
 
 
 def _raised_by_moram(err: BaseException) -> bool:
@@ -522,8 +545,8 @@ def _raised_by_moram(err: BaseException) -> bool:
 
 
 def _one_line(message: str) -> str:
-    for prefix, option in _OPTION_NAMES.items():
-        message = re.sub(rf"\b{re.escape(prefix)}(\w+)", rf"{option}\1", message)
+    for pattern, option in _OPTION_NAMES.items():
+        message = re.sub(rf"{pattern}(\w+)", rf"{option}\1", message)
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     # jsonargparse nests the cause under "Problem with given class_path ...": keep the innermost reason
     for i, line in enumerate(lines):

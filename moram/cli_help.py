@@ -2,7 +2,7 @@
 
 ``moram fit --help`` lists the Trainer's options in full; moram's own are listed per class, and
 :data:`HELP_GUIDE` (printed first by every parser of :class:`moram.cli.MoramCLI`) says how.
-jsonargparse advertises nested help flags such as ``--model.atoms.help`` but, with moram's
+jsonargparse advertises nested help flags such as ``--model.method.help`` but, with moram's
 subclass-mode model and data, does not accept them: :func:`nested_help` answers them instead.
 """
 
@@ -16,7 +16,7 @@ HELP_GUIDE = """moram's own options (model, atoms, method, data source) are list
   moram fit --config configs/clip_cl.yaml --print_config      every option of a run, with its value
   moram fit --model.help moram.module.ContinualModule           the module's (backbone, method, atoms, optimiser)
   moram fit --model.backbone.help moram.backbones.clip.CLIPBackbone   a backbone's (or moram.backbones.lm.LMBackbone)
-  moram fit --config configs/clip_cl.yaml --model.atoms.help    the atoms' options (AtomConfig)
+  moram fit --config configs/clip_cl.yaml --model.method.help    the atoms' options (AtomConfig)
   moram fit --model.method.help moram.baselines.SequentialLoRA  a method's options
   moram fit --data.help moram.data.stream.TaskStreamDataModule  the task stream's options
   moram fit --data.source.help moram.data.folder.FolderTasks    a data source's options
@@ -96,7 +96,7 @@ def _nested_class(owner: type, path: list[str]) -> type:
 
 
 def nested_help(args: list[str]) -> bool:
-    """Print the help of a nested option's class (``--model.atoms.help``, ``--data.source.help CLASS``).
+    """Print the help of a nested option's class (``--model.method.help``, ``--data.source.help CLASS``).
 
     jsonargparse advertises these flags but, with moram's subclass-mode model and data, does not
     accept them; returns False when ``args`` asks for no such help.

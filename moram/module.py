@@ -35,7 +35,6 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from moram.adapters.method import MethodConfig, method_from_dict
-from moram.atoms.config import AtomConfig, MoRAMConfig
 from moram.backbones.base import Backbone
 from moram.errors import CheckpointError, ConfigError
 from moram.protocols import ContinualLayer, continual_layers, is_task_stream, score_key
@@ -116,10 +115,11 @@ class ContinualModule(LightningModule):
             :class:`moram.backbones.lm.LMBackbone` (transformers), or your own
             :class:`~moram.backbones.base.Backbone` subclass.
         method: the adaptation method, a config of its own hyperparameters (``class_path``):
-            :class:`moram.atoms.MoRAMConfig` (the default; ``MoRAMConfig.llm()`` is the paper's LLM setting)
-            or one of :mod:`moram.baselines` (``ZeroShotConfig``, ``SequentialLoRAConfig``, ``OLoRAConfig``,
-            ``MoELoRAConfig``, ``RankRExpertsConfig``), or your own. null: MoRAM with the backbone's paper
-            settings.
+            :class:`moram.atoms.MoRAMConfig` (``MoRAMConfig.llm()`` is the paper's LLM setting), one of
+            :mod:`moram.baselines` (``ZeroShotConfig``, ``SequentialLoRAConfig``, ``OLoRAConfig``,
+            ``MoELoRAConfig``, ``RankRExpertsConfig``), or your own. null (the default): MoRAM with the
+            backbone's paper settings (``backbone.default_method()``: ``MoRAMConfig()`` for CLIP,
+            ``MoRAMConfig.llm()`` for language models).
         targets: modules to adapt, for every method: exact names, dotted suffixes ("q_proj") or
             "re:<regex>"; null: the backbone's default targets.
         max_tasks: tasks every adapted layer holds (its capacity, allocated once); null: the task stream's
@@ -132,14 +132,12 @@ class ContinualModule(LightningModule):
         lr_schedule: the learning rate within each task, restarted at every task: ``cosine`` (warmup,
             then cosine to zero) or ``constant`` (warmup, then ``lr``; the official TRACE setting).
         steps_per_task: length of the per-task schedule; null takes the data's ``steps_per_task``.
-        atoms: moram 0.2's form of the options (MoRAM's options with max_tasks, targets and seed); read as
-            ``method`` / ``max_tasks`` / ``targets`` / ``seed`` with a warning (:mod:`moram.upgrades`).
     """
 
     def __init__(
         self,
         backbone: Backbone,
-        method: MethodConfig | None = MoRAMConfig(),  # noqa: B008 -- a frozen dataclass: safe as a default
+        method: MethodConfig | None = None,
         targets: list[str] | None = None,
         max_tasks: int | None = None,
         seed: int = 0,
@@ -149,7 +147,6 @@ class ContinualModule(LightningModule):
         warmup_steps: int = 0,
         lr_schedule: LRSchedule = "cosine",
         steps_per_task: int | None = None,
-        atoms: AtomConfig | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, Backbone):
@@ -161,14 +158,6 @@ class ContinualModule(LightningModule):
         if isinstance(targets, str) or (targets is not None and not targets):
             raise ConfigError(f"model.targets must be null or a non-empty list of patterns, got {targets!r}")
         self.save_hyperparameters()
-        if atoms is not None:  # moram 0.2's options
-            from moram.upgrades import atoms_option_warning
-
-            atoms_option_warning(atoms)
-            method = atoms.method if method is None or method == MoRAMConfig() else method
-            targets = atoms.targets if targets is None else targets
-            max_tasks = atoms.max_tasks if max_tasks is None else max_tasks
-            seed = atoms.seed if seed == 0 else seed
         if isinstance(method, dict):  # hyperparameters stored without their classes
             method = method_from_dict(method)
         if method is None:
@@ -365,7 +354,6 @@ class ContinualModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another backbone or model; take its RNG state (set at the next training batch)."""
         from moram.checkpoint import check_resume
-
         from moram.upgrades import upgrade_model_state
 
         if isinstance(checkpoint.get("state_dict"), dict):  # entries of earlier versions, before keys are checked

@@ -33,7 +33,6 @@ import dataclasses
 import importlib
 import inspect
 import json
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -224,15 +223,6 @@ def _upgrade_composed(hparams: dict[str, Any]) -> dict[str, Any]:
     init_args = {k: hparams[k] for k in options if k in hparams}
     return {**shared, "backbone": {"class_path": backbone, "init_args": init_args},
             "_class_path": "moram.module.ContinualModule"}
-
-
-def atoms_option_warning(atoms: Any) -> None:
-    """Warn that ``model.atoms`` (moram 0.2) is read as ``model.method`` / ``max_tasks`` / ``targets`` / ``seed``."""
-    warnings.warn(
-        "model.atoms is the option of moram 0.2: MoRAM's options are now model.method (MoRAMConfig) and the "
-        "capacity, targets and seed are model.max_tasks, model.targets and model.seed; it was translated",
-        FutureWarning, stacklevel=3,
-    )
 
 
 def stored_task_count(checkpoint: dict[str, Any]) -> int | None:

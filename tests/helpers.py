@@ -41,7 +41,7 @@ def fit_args(tmp_path, model_config, *extra):
     return [
         "fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"),
         "--model.backbone.model_config", str(model_config), "--model.backbone.pretrained", "null",
-        "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
+        "--model.method.rank", "2", "--model.method.top_k", "2",
         "--data.source", "moram.data.synthetic.SyntheticTasks",
         "--data.source.num_tasks", "2", "--data.source.image_size", "16", "--data.source.samples_per_class", "8",
         "--data.steps_per_task", "3", "--data.batch_size", "4",

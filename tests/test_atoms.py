@@ -53,11 +53,13 @@ def test_fresh_layer_is_a_no_op_and_untrained_atoms_never_route():
     layer.train()
     layer(x)  # a forward alone changes nothing: the rule is state, not a side effect of forward
     layer.eval()
-    assert not layer.uses_current and not bool(layer.current_trained)
+    assert not layer.uses_current
+    assert not bool(layer.current_trained)
     layer.train()
     layer(x).sum().backward()  # a gradient reaching the current atoms brings them in
     layer.eval()
-    assert layer.uses_current and bool(layer.current_trained)
+    assert layer.uses_current
+    assert bool(layer.current_trained)
     assert layer.num_routed == 6
 
 

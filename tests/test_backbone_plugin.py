@@ -11,6 +11,7 @@ import torch
 import yaml
 from backbone_plugin import PrototypeClassifier
 
+from moram.adapters import load_adapters
 from moram.cli import main
 from moram.protocols import continual_layers
 
@@ -23,7 +24,7 @@ def plugin_config(tmp_path: Path, method: str | None = None) -> Path:
                     "enable_model_summary": False, "enable_checkpointing": False},
         "model": {"class_path": "moram.module.ContinualModule", "init_args": {
             "backbone": {"class_path": "backbone_plugin.PrototypeClassifier", "init_args": {"image_size": 8}},
-            "lr": 1.0e-2, "atoms": {"rank": 4, "top_k": 4}}},
+            "lr": 1.0e-2, "method": {"class_path": "moram.atoms.MoRAMConfig", "init_args": {"rank": 4, "top_k": 4}}}},
         "data": {"class_path": "moram.data.stream.TaskStreamDataModule", "init_args": {
             "source": {"class_path": "moram.data.digits.DigitsTasks",
                        "init_args": {"classes_per_task": 5, "image_size": 8}},
@@ -36,7 +37,8 @@ def plugin_config(tmp_path: Path, method: str | None = None) -> Path:
     return path
 
 
-@pytest.mark.parametrize("method", [None, "moram.baselines.SequentialLoRA"], ids=["moram", "sequential-lora"])
+@pytest.mark.parametrize("method", [None, "moram.baselines.SequentialLoRAConfig", "method_plugin.SummedLoRAConfig"],
+                         ids=["moram", "sequential-lora", "own-method"])
 def test_a_backbone_written_outside_the_package_learns_each_task_through_the_cli(tmp_path, method):
     cli = main(["fit", "--config", str(plugin_config(tmp_path, method))])
     log_dir = Path(cli.trainer.log_dir)
@@ -55,6 +57,12 @@ def test_a_backbone_written_outside_the_package_learns_each_task_through_the_cli
     assert all(torch.equal(base[name], t) for name, t in fresh.state_dict().items())
     assert len(continual_layers(cli.model.model)) == 2
     assert len(list((log_dir / "adapters").iterdir())) == 2  # the per-task adapter export, for any backbone
+    # one adapter format for every method: the last export rebuilds the adapted model on the plain backbone
+    plain = PrototypeClassifier(image_size=8).build()
+    assert load_adapters(plain, sorted((log_dir / "adapters").iterdir())[-1]) == ["1", "3"]
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), cli.model.model.eval()(x))
     assert json.loads((log_dir / "adapter_cost.json").read_text())  # the cost file, for any backbone
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import atoms_of, fit_args, run_fit
 
+from moram.atoms import MoRAMConfig
 from moram.checkpoint import CheckpointError, adapter_keys, strip_backbone
 from moram.cli import main
 
@@ -47,14 +48,13 @@ def test_a_checkpoint_loads_outside_a_trainer_as_the_trained_model(tmp_path, tin
     torch.manual_seed(123)  # another global RNG state than the run's
     loaded = ContinualModule.load_from_checkpoint(log_dir / "checkpoints" / "last.ckpt")
     assert not loaded.training
-    assert loaded.atoms.max_tasks == 2  # null in the config: the stream's task count, read from the file
+    assert loaded.max_tasks == 2  # null in the config: the stream's task count, read from the file
     trained, got = cli.model.state_dict(), loaded.state_dict()
     assert got.keys() == trained.keys()
     assert all(torch.equal(got[k], trained[k]) for k in trained)  # backbone rebuilt bit for bit, atoms loaded
 
 
 def test_llama_checkpoint_grows_with_the_atoms_not_the_backbone():
-    from moram import AtomConfig
     from moram.backbones.lm import LMBackbone
     from moram.module import ContinualModule
 
@@ -63,7 +63,7 @@ def test_llama_checkpoint_grows_with_the_atoms_not_the_backbone():
                   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                   "vocab_size": vocab, "max_position_embeddings": 64}
         module = ContinualModule(LMBackbone(model=None, config=config, tokenizer="char"),
-                                 atoms=AtomConfig(rank=rank, top_k=rank, max_tasks=2))
+                                 method=MoRAMConfig(rank=rank, top_k=rank), max_tasks=2)
         module.configure_model()
         return module
 

@@ -20,11 +20,11 @@ def run_entry(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
 
 
 BAD = {
-    "rank": (["--model.atoms.rank", "0"], r"model\.atoms\.rank must be an integer >= 1, got 0"),
-    "top_k": (["--model.atoms.top_k", "0"], r"model\.atoms\.top_k"),
-    "temperature": (["--model.atoms.temperature", "0"], r"model\.atoms\.temperature"),
-    "dropout": (["--model.atoms.dropout", "1.5"], r"model\.atoms\.dropout"),
-    "threshold": (["--model.atoms.threshold", "2"], r"model\.atoms\.threshold"),
+    "rank": (["--model.method.rank", "0"], r"model\.method\.rank must be an integer >= 1, got 0"),
+    "top_k": (["--model.method.top_k", "0"], r"model\.method\.top_k"),
+    "temperature": (["--model.method.temperature", "0"], r"model\.method\.temperature"),
+    "dropout": (["--model.method.dropout", "1.5"], r"model\.method\.dropout"),
+    "threshold": (["--model.method.threshold", "2"], r"model\.method\.threshold"),
     "batch_size": (["--data.batch_size", "0"], r"data\.batch_size must be a positive integer, got 0"),
     "data_root": (["--data.source", "moram.data.folder.FolderTasks", "--data.source.domains", "[a]",
                    "--data.source.root", "/nonexistent/moram-data"], r"data\.source\.root '/nonexistent/moram-data'"),
@@ -47,8 +47,8 @@ def test_bad_input_is_one_message_naming_it(monkeypatch, capsys, tmp_path, tiny_
 
 PARSER = {  # jsonargparse's errors: its nested report becomes the option's name and the reason
     "missing_config": (["--config", "no/such/file.yaml"], r"--config: File does not exist: .*no/such/file\.yaml'"),
-    "unknown_key": (["--model.atoms.rnak", "8"],
-                    r"--model\.atoms\.rnak: no such option \(--model\.atoms\.help lists the options there\)"),
+    "unknown_key": (["--model.method.rnak", "8"],
+                    r"--model\.method\.rnak: no such option \(--model\.method\.help lists the options there\)"),
     "wrong_type": (["--model.lr", "abc"], r"--model\.lr: expected a float, got value: abc"),
 }
 
@@ -81,7 +81,7 @@ def test_checkpoint_of_another_backbone_is_one_message(monkeypatch, capsys, tmp_
 
 def test_the_traceback_is_one_switch_away(monkeypatch, tmp_path, tiny_config):
     monkeypatch.setenv(TRACEBACK_ENV, "1")
-    monkeypatch.setattr(sys, "argv", ["moram", *fit_args(tmp_path, tiny_config, "--model.atoms.rank", "0")])
+    monkeypatch.setattr(sys, "argv", ["moram", *fit_args(tmp_path, tiny_config, "--model.method.rank", "0")])
     with pytest.raises(Exception, match="rank must be an integer"):
         entry()
 

@@ -22,7 +22,7 @@ def test_top_level_help_lists_every_subcommand_and_how_to_find_moram_options(cap
     text = help_text(capsys, ["--help"])
     for subcommand in ("fit", "validate", "test", "predict", "moram data"):
         assert subcommand in text
-    assert "--model.atoms.help" in text
+    assert "--model.method.help" in text
     assert "--data.source.help" in text
     assert text.startswith("usage: moram [-h] [-c CONFIG] {fit,validate,test,predict,data} ...")
 
@@ -40,8 +40,8 @@ def test_fit_help_starts_with_the_guide_to_moram_options(capsys):
 
 
 @pytest.mark.parametrize(("args", "expected"), [
-    (["fit", "--config", CONFIG, "--model.atoms.help"], "--model.atoms.rank RANK"),
-    (["fit", "--model", "moram.module.ContinualModule", "--model.atoms.help"], "--model.atoms.top_k TOP_K"),
+    (["fit", "--config", CONFIG, "--model.method.help"], "--model.method.rank RANK"),
+    (["fit", "--model", "moram.module.ContinualModule", "--model.method.help"], "--model.method.top_k TOP_K"),
     (["fit", "--model.backbone.help", "moram.backbones.clip.CLIPBackbone"], "--model.backbone.protocol"),
     (["fit", "--model.backbone.help", "moram.backbones.lm.LMBackbone"], "--model.backbone.max_new_tokens"),
     (["fit", "--data.source.help", "moram.data.folder.FolderTasks"], "--data.source.domains"),
@@ -60,4 +60,4 @@ def test_advertised_help_flags_work(capsys, args, expected):
 
 def test_nested_help_without_the_owner_class_says_what_to_add():
     with pytest.raises(ValueError, match=r"--model\.\*\.help needs the model class first"):
-        main(["fit", "--model.atoms.help"])
+        main(["fit", "--model.method.help"])

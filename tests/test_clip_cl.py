@@ -102,8 +102,8 @@ def test_checkpoint_from_other_atom_setting_is_refused(tmp_path, tiny_config):
                   "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                   "--trainer.callbacks.dirpath", str(ckpt_dir), "--trainer.callbacks.every_n_train_steps", "1"))
     ckpt = next(ckpt_dir.glob("*.ckpt"))
-    with pytest.raises(ValueError, match=r"model.atoms.rank: checkpoint 2, config 3"):
-        main(fit_args(tmp_path / "b", tiny_config, "--model.atoms.rank", "3", "--ckpt_path", str(ckpt)))
+    with pytest.raises(ValueError, match=r"model.method.rank: checkpoint 2, config 3"):
+        main(fit_args(tmp_path / "b", tiny_config, "--model.method.rank", "3", "--ckpt_path", str(ckpt)))
 
 
 def test_both_protocol_views_are_tracked(tmp_path, tiny_config):

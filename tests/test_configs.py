@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -56,7 +55,7 @@ def test_xtail_config_builds_vit_b16_with_random_weights(tmp_path):
     cli = main(["--config", str(CONFIGS[0].parent / "clip_xtail.yaml"), "--model.backbone.pretrained", "null",
                 "--trainer.default_root_dir", str(tmp_path)], run=False)
     module = cli.model
-    module.atoms = dataclasses.replace(module.atoms, max_tasks=cli.datamodule.num_tasks)
+    module.max_tasks = cli.datamodule.num_tasks
     module.configure_model()
     layers = routed_layers(module.model)
     assert len(layers) == 144  # both towers x 12 blocks x (q, k, v, out, c_fc, c_proj), as in the paper

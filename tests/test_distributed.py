@@ -127,8 +127,8 @@ def test_externally_launched_ranks_all_exit_cleanly(tmp_path, single):
 
 def lm_fit_in_subprocess(root: Path, *extra: str) -> dict:
     args = lm_args(
-        root, "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
-        "--model.atoms.dropout", "0.0",  # dropout masks are drawn per rank: not comparable across world sizes
+        root, "--model.method.rank", "2", "--model.method.top_k", "2",
+        "--model.method.dropout", "0.0",  # dropout masks are drawn per rank: not comparable across world sizes
         "--data.source.train_size", "32", "--data.source.max_len", "5", "--data.eval_batch_size", "2",
         *recording_args(root), *extra,
     )

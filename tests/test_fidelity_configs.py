@@ -22,7 +22,7 @@ def parsed(name: str, tmp_path: Path):
 
 def test_trace_config_has_the_official_trace_settings(tmp_path):
     cli = parsed("llm_trace.yaml", tmp_path)
-    model, atoms = cli.model, cli.model.atoms
+    model, atoms = cli.model, cli.model.method
     assert (model.lr, model.lr_schedule, model.warmup_steps, model.betas) == (5e-4, "constant", 0, (0.9, 0.95))
     assert cli.trainer.gradient_clip_val == 1.0
     assert (atoms.rank, atoms.top_k, atoms.temperature, atoms.threshold, atoms.dropout) == (8, 8, 0.03, 0.2, 0.1)

@@ -14,7 +14,7 @@ import torch
 from helpers import CONFIGS, TOK, run_lm
 from lightning.pytorch import Trainer
 
-from moram.atoms import AtomConfig
+from moram.atoms import MoRAMConfig
 from moram.backbones.lm import LMBackbone
 from moram.backbones.lm.batch import IGNORE, encode_causal, encode_seq2seq
 from moram.backbones.lm.metrics import normalize_answer
@@ -31,8 +31,9 @@ ANSWERS = ["2341", "34", "9"]
 
 def lm_module(kind: str, **kwargs) -> ContinualModule:
     torch.manual_seed(0)
-    atoms = kwargs.pop("atoms", AtomConfig.llm(max_tasks=2, dropout=0.0))
-    module = ContinualModule(LMBackbone(model=None, config=CONFIGS[kind], tokenizer="char", **kwargs), atoms=atoms)
+    method = kwargs.pop("method", MoRAMConfig.llm(dropout=0.0))
+    module = ContinualModule(LMBackbone(model=None, config=CONFIGS[kind], tokenizer="char", **kwargs), method=method,
+                             max_tasks=2)
     module.configure_model()
     return module
 
@@ -160,7 +161,7 @@ def test_loads_a_saved_pretrained_folder(tmp_path):
     reference = AutoModelForCausalLM.from_config(LlamaConfig(**values)).eval()
     reference.save_pretrained(tmp_path / "lm")  # the on-disk format of a hub checkpoint
     TOK.save_pretrained(tmp_path / "lm")
-    module = ContinualModule(LMBackbone(model=str(tmp_path / "lm")), atoms=AtomConfig.llm(max_tasks=2))
+    module = ContinualModule(LMBackbone(model=str(tmp_path / "lm")), method=MoRAMConfig.llm(), max_tasks=2)
     module.configure_model()
     ids = torch.tensor([TOK("rotate: 12 =")["input_ids"]])
     with torch.no_grad():  # fresh atoms change nothing: the loaded model equals the saved one
@@ -170,15 +171,15 @@ def test_loads_a_saved_pretrained_folder(tmp_path):
 
 def test_bad_inputs_name_the_option(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.backbone.model"):
-        ContinualModule(LMBackbone(model=str(tmp_path / "missing")), atoms=AtomConfig.llm(max_tasks=1)
+        ContinualModule(LMBackbone(model=str(tmp_path / "missing")), method=MoRAMConfig.llm(), max_tasks=1
                         ).configure_model()
     bad = dict(CONFIGS["llama"], vocab_size=10)
     with pytest.raises(ValueError, match="model.backbone.tokenizer"):
-        ContinualModule(LMBackbone(model=None, config=bad, tokenizer="char"), atoms=AtomConfig.llm(max_tasks=1)
+        ContinualModule(LMBackbone(model=None, config=bad, tokenizer="char"), method=MoRAMConfig.llm(), max_tasks=1
                         ).configure_model()
     with pytest.raises(ValueError, match="model_type"):
         ContinualModule(LMBackbone(model=None, config={"hidden_size": 8}, tokenizer="char"),
-                        atoms=AtomConfig.llm(max_tasks=1)).configure_model()
+                        method=MoRAMConfig.llm(), max_tasks=1).configure_model()
     with pytest.raises(ValueError, match="exactly one"):
         LMBackbone(model=None, config=None)
     data = TextDataset([{"prompt": "a", "answer": "b"}])
@@ -206,7 +207,7 @@ def test_a_baseline_method_runs_on_a_language_model(tmp_path):
 @pytest.mark.slow  # three LM fits; resuming mid-task bitwise runs by default in test_kill_resume.py (CLIP)
 def test_resume_mid_task_with_atom_dropout_is_exact(tmp_path):
     # Atom dropout (the paper's 0.1) draws from the global RNG; its state travels in the checkpoint.
-    dropout = ("--model.atoms.dropout", "0.1")
+    dropout = ("--model.method.dropout", "0.1")
     full_cli, full_dir = run_lm(tmp_path / "full", *dropout)
     ckpt_dir = tmp_path / "ckpt"
     run_lm(tmp_path / "part", *dropout, "--trainer.max_steps", "4",

@@ -63,7 +63,7 @@ def test_prompt_and_answer_lengths_are_the_official_ones(cli):
 
 
 def test_optimiser_and_atoms_are_the_official_ones(cli):
-    model, atoms = cli.model, cli.model.atoms
+    model, atoms = cli.model, cli.model.method
     assert (model.lr, model.lr_schedule, model.warmup_steps) == (OFFICIAL["lr"], "constant", OFFICIAL["warmup"])
     assert (model.weight_decay, model.betas) == (OFFICIAL["weight_decay"], OFFICIAL["betas"])
     assert cli.trainer.gradient_clip_val == OFFICIAL["clip"]

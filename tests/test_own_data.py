@@ -22,7 +22,7 @@ def tiny_args(tmp_path: Path, root: Path, *extra: str) -> list[str]:
     return [
         "fit", "--config", str(CONFIGS / "own_images.yaml"),
         "--model.backbone.model_config", str(tiny), "--model.backbone.pretrained", "null",
-        "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
+        "--model.method.rank", "2", "--model.method.top_k", "2",
         "--data.source.root", str(root), "--data.source.domains", "[pets, food]",
         "--data.steps_per_task", "2", "--data.batch_size", "4",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",

@@ -103,7 +103,7 @@ def test_fit_over_a_fake_xtail_stream_scores_agnostic_at_most_aware(tmp_path, ti
     cli = main([
         "fit", "--config", str(ROOT / "configs" / "clip_cl.yaml"),
         "--model.backbone.model_config", str(tiny_config), "--model.backbone.pretrained", "null",
-        "--model.atoms.rank", "2", "--model.atoms.top_k", "2",
+        "--model.method.rank", "2", "--model.method.top_k", "2",
         "--data.source", "moram.data.benchmarks.XTailTasks", "--data.source.root", root,
         "--data.source.datasets", "[eurosat, mnist]", "--data.source.image_size", "16",
         "--data.shots", "1", "--data.steps_per_task", "2", "--data.batch_size", "4",

@@ -71,7 +71,7 @@ def test_last_never_resumes_a_finished_run_and_touches_nothing(monkeypatch, caps
 def test_last_continues_only_its_own_configuration_and_appends(monkeypatch, capsys, tmp_path, tiny_config):
     # version_0: this configuration, stopped after 4 of 6 steps (unfinished); version_1, newer: rank 4
     mine = fit(tmp_path, tiny_config, "--trainer.max_steps", "4")
-    other = fit(tmp_path, tiny_config, "--model.atoms.rank", "4", "--trainer.max_steps", "2")
+    other = fit(tmp_path, tiny_config, "--model.method.rank", "4", "--trainer.max_steps", "2")
     assert (mine.name, other.name) == ("version_0", "version_1")
     assert json.loads((mine / "continual_metrics.json").read_text())["finished"] is False
     other_before, config_before, rows_before = snapshot(other), (mine / "config.yaml").read_text(), rows(mine)
@@ -83,7 +83,7 @@ def test_last_continues_only_its_own_configuration_and_appends(monkeypatch, caps
                                                            "--data.steps_per_task", "2", "--ckpt_path", "last"))
     assert code == 2, err
     line = err.strip().splitlines()[0]
-    assert "version_1: another configuration (model.atoms.rank: checkpoint 4, config 2" in line, line
+    assert "version_1: another configuration (model.method.rank: checkpoint 4, config 2" in line, line
     assert "version_0: another configuration (data.steps_per_task: run 3, config 2)" in line, line
     assert snapshot(tmp_path) == before
 

@@ -96,7 +96,7 @@ class Backbone:
         raise NotImplementedError
 
     def default_targets(self, model: nn.Module) -> list[str]:
-        """The target patterns every method adapts in ``model`` (built by :meth:`build`) when ``model.targets`` is null."""
+        """The patterns every method adapts in ``model`` (from :meth:`build`) when ``model.targets`` is null."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ steps

@@ -73,7 +73,7 @@ class LMBackbone(Backbone):
 
     # ------------------------------------------------------------------ construction
     def default_method(self) -> MethodConfig:
-        """MoRAM with the paper's LLM settings (``MoRAMConfig.llm()``: r = k = 8, tau 0.03, delta 0.2, scale 2, dropout 0.1)."""
+        """MoRAM with the paper's LLM settings: ``MoRAMConfig.llm()`` (r = k = 8, tau 0.03, delta 0.2, scale 2)."""
         from moram.atoms.config import MoRAMConfig
 
         return MoRAMConfig.llm()
