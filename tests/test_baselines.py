@@ -38,14 +38,20 @@ def test_sequential_lora_keeps_changing_the_same_weights(tmp_path, tiny_config):
     assert torch.equal(first[f"{layers[0][0]}.lora_B"], ends[0][0]["lora_B"])  # task 1's LoRA as it ended
 
 
+def slot(layer, name: str, task: int) -> torch.Tensor:
+    """Task ``task``'s frozen ``A`` or ``B`` (the tasks' tensors follow one another in the frozen buffer)."""
+    current = getattr(layer, f"current_{name}")
+    return getattr(layer, f"frozen_{name}").view(-1, *current.shape)[task]
+
+
 def test_moe_lora_freezes_experts_and_keeps_training_the_router(tmp_path, tiny_config):
     cli, ends = fit_with(tmp_path, tiny_config, "moram.baselines.MoELoRA", "--model.method.rank", "2",
                          "--data.source.num_tasks", "3")
     layers = continual_layers(cli.model)
     for (_, layer), t1, t2 in zip(layers, ends[0], ends[1], strict=True):
-        assert torch.equal(layer.frozen_B[0], t1["current_B"])  # bit-identical after its task
-        assert torch.equal(layer.frozen_A[0], t1["current_A"])
-        assert torch.equal(layer.frozen_B[1], t2["current_B"])
+        assert torch.equal(slot(layer, "B", 0), t1["current_B"])  # bit-identical after its task
+        assert torch.equal(slot(layer, "A", 0), t1["current_A"])
+        assert torch.equal(slot(layer, "B", 1), t2["current_B"])
         assert not torch.equal(t1["router"], t2["router"])  # the router trains on every task
     assert any(t["current_B"].abs().sum() > 0 for t in ends[0])
 
@@ -53,7 +59,7 @@ def test_moe_lora_freezes_experts_and_keeps_training_the_router(tmp_path, tiny_c
 def test_rank_r_experts_freeze_bit_identically(tmp_path, tiny_config):
     cli, ends = fit_with(tmp_path, tiny_config, "moram.baselines.RankRExperts", "--model.method.rank", "2")
     for (_, layer), t1 in zip(continual_layers(cli.model), ends[0], strict=True):
-        assert torch.equal(layer.frozen_B[0], t1["current_B"])
+        assert torch.equal(slot(layer, "B", 0), t1["current_B"])
         assert layer.task_index == 1
     assert any(t["current_B"].abs().sum() > 0 for t in ends[0])
 
@@ -64,8 +70,7 @@ def trained_layer(kind, **kwargs):
     for _ in range(3):  # three trained experts (random values so that every expert matters)
         with torch.no_grad():
             layer.current_B.normal_()
-        layer.train()
-        layer(torch.randn(2, 6))
+        layer.mark_trained()
         layer.consolidate()
     return layer.eval()
 
@@ -81,9 +86,9 @@ def test_moe_router_gate_sums_to_one_over_the_top2_experts():
 def test_rank_r_expert_scores_follow_the_documented_formula():
     layer = trained_layer(ExpertBankLinear, top_k=2, temperature=0.5, threshold=None)
     x = torch.randn(5, 6)
-    z = torch.einsum("erd,td->ter", layer.frozen_A[:3], x)  # (T, E, r): each expert's response A_e x
+    z = torch.einsum("erd,td->ter", layer.frozen_A.view(-1, 2, 6)[:3], x)  # (T, E, r): each expert's response A_e x
     u = z.norm(dim=-1)
     w = normalized_topk_weights(u, top_k=2, temperature=0.5, eps=1e-6, threshold=None)  # (T, E), DESIGN.md §1
-    expected = layer.base(x) + torch.einsum("te,ter,eor->to", w, z, layer.frozen_B[:3])
+    expected = layer.base(x) + torch.einsum("te,ter,eor->to", w, z, layer.frozen_B.view(-1, 4, 2)[:3])
     torch.testing.assert_close(layer(x), expected)
 

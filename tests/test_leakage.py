@@ -58,7 +58,7 @@ def test_expert_methods_report_blocks_too(kind, tmp_path):
     with torch.no_grad():
         layer.current_B.normal_()
     layer.train()
-    layer(torch.randn(1, 4))  # a training forward: the second expert is live
+    layer.mark_trained()  # as a training step does: the second expert takes part at inference
     layer.eval()
     usage = validate(layer, [torch.randn(6, 4), torch.randn(6, 4)], tmp_path)
     report = usage.summary(["a", "b"])

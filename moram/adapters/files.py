@@ -152,17 +152,14 @@ def _read(folder: Path, tensors: bool) -> tuple[dict[str, Any], dict[str, Tensor
             f"no {CONFIG_NAME} in '{folder}': not a folder written by moram.save_adapters (or save_atoms)"
         )
     sidecar = read_json(folder / found[0])
-    weights = load_file(str(folder / found[1])) if tensors else {}
-    if sidecar.get("format") == FORMAT and sidecar.get("version") == VERSION:
-        return sidecar, weights
-    if sidecar.get("format") not in (FORMAT, "moram-atoms"):
+    fmt, version = sidecar.get("format"), sidecar.get("version")
+    if fmt not in (FORMAT, "moram-atoms"):
         raise AdapterFileError(
-            f"'{folder / found[0]}' is not a {FORMAT} file (format={sidecar.get('format')!r}, "
-            f"version={sidecar.get('version')!r})"
+            f"'{folder / found[0]}' is not a {FORMAT} file (format={fmt!r}, version={version!r})"
         )
-    if not tensors:  # the layer metadata of old files needs their tensors only for atoms
-        weights = load_file(str(folder / found[1]))
-    return upgrade_adapter_files(folder, sidecar, weights)
+    if fmt == FORMAT and version == VERSION:
+        return sidecar, load_file(str(folder / found[1])) if tensors else {}
+    return upgrade_adapter_files(folder, sidecar, load_file(str(folder / found[1])))
 
 
 def load_adapters(model: nn.Module, directory: str | Path) -> list[str]:

@@ -5,8 +5,8 @@ Each task adds one LoRA (an *expert* when something routes over them) ``e``: ``A
 (:meth:`~moram.adapters.layer.ContinualLinear.add_task_tensor`, as MoRAM's keys and values are): the
 present task's in ``current_A`` / ``current_B``, earlier tasks' one after the other in ``frozen_A``
 ``((max_tasks - 1)·r, d_in)`` and ``frozen_B`` ``((max_tasks - 1)·d_out, r)``. :class:`LoRAStoreLinear`
-says how to stack them; :class:`ExpertStoreLinear` adds what routing over experts needs (an expert not yet trained takes no
-part in inference: the base's ``uses_current``).
+says how to stack them; :class:`ExpertStoreLinear` adds what routing over experts needs (an expert not
+yet trained takes no part in inference: the base's ``uses_current``).
 """
 
 from __future__ import annotations
