@@ -34,6 +34,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from moram.callbacks.trackers import log_figure, takes_figures
+from moram.errors import CheckpointError, ConfigError
 from moram.metrics import AccuracyMatrix, format_table, heatmap_figure, save_all, scalar_metrics, summary
 from moram.protocols import SCORE_PREFIX, TaskStream
 
@@ -135,7 +136,7 @@ class ContinualMetricsCallback(Callback):
         elif 0 <= row < len(names):
             self.rows[row] = values
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"row {row} is not a task index in [0, {len(names)}): check the datamodule's current_task "
                 "and that Trainer(max_epochs=...) is at most its num_tasks"
             )
@@ -188,7 +189,7 @@ class ContinualMetricsCallback(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         stream = _task_stream(trainer)
         if list(stream.task_names) != self._require_names():
-            raise ValueError(
+            raise CheckpointError(
                 f"the datamodule's tasks {list(stream.task_names)} differ from the recorded matrix's "
                 f"{self.task_names} (restored from a checkpoint of another task sequence?)"
             )

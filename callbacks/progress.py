@@ -30,6 +30,8 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
+from moram.errors import ConfigError
+
 
 class ProgressLogCallback(Callback):
     """Print a progress line per task and every ``every_n_steps`` steps (see the module docstring).
@@ -40,7 +42,7 @@ class ProgressLogCallback(Callback):
 
     def __init__(self, every_n_steps: int = 50) -> None:
         if every_n_steps < 0:
-            raise ValueError(f"every_n_steps must be >= 0, got {every_n_steps}")
+            raise ConfigError(f"every_n_steps must be >= 0, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self._start = self._task_start = time.monotonic()
         self._task_step0 = 0

@@ -20,6 +20,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from moram.errors import ConfigError
 from moram.protocols import ContinualHost, ShardedHost, continual_layers, is_routed_layer, is_task_stream
 
 
@@ -63,12 +64,12 @@ class TaskBoundaryCallback(Callback):
         if is_task_stream(stream):
             max_tasks = layers[0][1].max_tasks
             if stream.num_tasks > max_tasks:
-                raise ValueError(
+                raise ConfigError(
                     f"the task stream has {stream.num_tasks} tasks but the atom banks hold max_tasks={max_tasks}; "
                     f"set the model's AtomConfig.max_tasks to at least {stream.num_tasks}"
                 )
             if getattr(trainer, "reload_dataloaders_every_n_epochs", 1) != 1:
-                raise ValueError(
+                raise ConfigError(
                     "one epoch is one task: set trainer.reload_dataloaders_every_n_epochs=1 so each epoch "
                     "serves its own task"
                 )
