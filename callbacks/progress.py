@@ -31,6 +31,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
 from moram.errors import ConfigError
+from moram.protocols import current_task
 
 
 class ProgressLogCallback(Callback):
@@ -107,7 +108,7 @@ def task_label(trainer: pl.Trainer) -> str:
     """``task <i>/<n> '<name>'`` for the task being trained (the epoch when the data is not a task stream)."""
     datamodule: Any = getattr(trainer, "datamodule", None)
     names = list(getattr(datamodule, "task_names", []) or [])
-    index = int(getattr(datamodule, "current_task", trainer.current_epoch))
+    index = current_task(trainer)
     total = len(names) or trainer.max_epochs or "?"
     name = f" '{names[index]}'" if index < len(names) else ""
     return f"task {index + 1}/{total}{name}"

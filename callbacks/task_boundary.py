@@ -1,8 +1,8 @@
 """Freeze and grow the atom banks between tasks (one epoch = one task).
 
-At the start of task ``t`` (``trainer.current_epoch``), every bank is consolidated until it holds
-``t × rank`` frozen atoms; whenever that happens the optimizer state of the current atoms is zeroed
-in place and the per-task learning-rate schedule restarts. The check runs in
+At the start of task ``t`` (:func:`moram.protocols.current_task`: the stream's ``current_task``), every
+bank is consolidated until it holds ``t × rank`` frozen atoms; whenever that happens the optimizer
+state of the current atoms is zeroed in place and the per-task learning-rate schedule restarts. The check runs in
 ``on_train_epoch_start`` *and* ``on_train_batch_start``: Lightning skips the former when it resumes
 from a checkpoint written at the last batch of an epoch, and consolidating only at epoch end lost a
 whole task after such a resume (DESIGN.md §4). The decision is counter-driven, hence idempotent
@@ -21,7 +21,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from moram.errors import ConfigError
-from moram.protocols import ContinualHost, ShardedHost, continual_layers, is_routed_layer, is_task_stream
+from moram.protocols import (
+    ContinualHost,
+    ShardedHost,
+    continual_layers,
+    current_task,
+    is_routed_layer,
+    is_task_stream,
+)
 
 
 class TaskBoundaryCallback(Callback):
@@ -82,13 +89,6 @@ class TaskBoundaryCallback(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._cross_boundaries(trainer, pl_module)
 
-    def _task_index(self, trainer: Trainer) -> int:
-        stream = getattr(trainer, "datamodule", None)
-        task = trainer.current_epoch
-        if is_task_stream(stream):
-            task = min(task, stream.num_tasks - 1)
-        return task
-
     def _cross_boundaries(self, trainer: Trainer, pl_module: LightningModule) -> None:
         layers = continual_layers(pl_module)
         if not layers:
@@ -96,7 +96,7 @@ class TaskBoundaryCallback(Callback):
         done = {layer.task_index for _, layer in layers}
         if len(done) != 1:
             raise RuntimeError(f"continual layers disagree on the task they are in: {sorted(done)}")
-        task, consolidated = self._task_index(trainer), done.pop()
+        task, consolidated = current_task(trainer), done.pop()
         if consolidated >= task:
             return
         gathered = pl_module.full_parameters() if isinstance(pl_module, ShardedHost) else nullcontext()

@@ -38,7 +38,7 @@ from torch import Tensor
 from moram.adapters.method import AdapterMethod
 from moram.atoms.config import AtomConfig
 from moram.backbones.base import Backbone
-from moram.protocols import ContinualLayer, continual_layers, is_task_stream, score_key
+from moram.protocols import ContinualLayer, continual_layers, current_task, is_task_stream, score_key
 
 LRSchedule = Literal["cosine", "constant"]
 """The per-task learning-rate schedules: warmup then cosine to zero, or warmup then constant."""
@@ -356,8 +356,8 @@ class ContinualModule(LightningModule):
 
     @property
     def current_task_index(self) -> int:
-        """Index of the task being trained: the epoch, capped at the last task."""
-        return min(self.current_epoch, self.stream.num_tasks - 1)
+        """Index of the task being trained: the stream's ``current_task`` (:func:`moram.protocols.current_task`)."""
+        return current_task(self.trainer)
 
     def check_loss(self, loss: Tensor, batch_idx: int) -> None:
         """Raise naming ``model.lr`` and the task when ``loss`` is NaN or infinite (nothing is updated)."""
@@ -408,16 +408,48 @@ class ContinualModule(LightningModule):
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
 
-    def _finish_eval(self, prefix: str) -> dict[str, float]:
-        """Log every task's mean score (synced across ranks) under ``prefix`` and each view's prefix."""
+    def _computed_scores(self, prefix: str) -> dict[str, float]:
+        """Every task's mean score (synced across ranks) under ``prefix`` and under each view's prefix."""
         assert self._scores is not None
         scores: dict[str, float] = {}
         for task, name in enumerate(self.stream.task_names):
-            scores[name] = self._scores.compute(self.backbone.primary_view, task)
-            self.log(f"{prefix}{name}", scores[name], sync_dist=False)  # synced by torchmetrics already
+            scores[f"{prefix}{name}"] = self._scores.compute(self.backbone.primary_view, task)
             for view, view_prefix in self.backbone.views.items():
-                self.log(f"{view_prefix}{name}", self._scores.compute(view, task), sync_dist=False)
+                scores[f"{view_prefix}{name}"] = self._scores.compute(view, task)
         return scores
+
+    def _finish_eval(self, prefix: str) -> dict[str, float]:
+        """Log every task's mean score (synced across ranks) under ``prefix`` and each view's prefix."""
+        computed = self._computed_scores(prefix)
+        for key, value in computed.items():
+            self.log(key, value, sync_dist=False)  # synced by torchmetrics already
+        return {name: computed[f"{prefix}{name}"] for name in self.stream.task_names}
+
+    @torch.no_grad()
+    def evaluate_tasks(self) -> dict[str, float]:
+        """Every task's validation score now, as validation logs it (:class:`moram.protocols.TaskEvaluator`).
+
+        The same pass as a validation epoch (the stream's validation loaders, the batch-transfer hooks, the
+        trainer's precision context), run by the module itself and logging nothing: the continual-metrics
+        callback calls it to fill the row of a run resumed right after a task ended, whose validation
+        Lightning skips. Every rank calls it; each submodule's train/eval mode is restored afterwards.
+        """
+        modes = [(m, m.training) for m in self.modules()]
+        precision = self.trainer.precision_plugin.val_step_context()
+        self.eval()
+        self._start_eval()
+        try:
+            with precision:
+                for task, loader in enumerate(self.stream.val_dataloader()):
+                    for batch in loader:
+                        batch = self.on_before_batch_transfer(batch, task)
+                        batch = self.transfer_batch_to_device(batch, self.device, task)
+                        self._eval_step(self.on_after_batch_transfer(batch, task), task)
+            return self._computed_scores(score_key(""))
+        finally:
+            self._scores = None
+            for module, training in modes:
+                module.training = training
 
     def on_validation_epoch_end(self) -> None:
         self._finish_eval(score_key(""))

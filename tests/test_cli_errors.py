@@ -128,16 +128,16 @@ def test_user_error_is_the_moram_error_family():
     from moram.cli import user_error
     from moram.errors import CheckpointError, ConfigError, DataNotFoundError
 
+    def raised(error: Exception, cause: Exception | None = None) -> Exception:
+        try:
+            raise error from cause
+        except Exception as caught:  # noqa: BLE001 - the exception with its traceback, as entry() sees it
+            return caught
+
     for error in (ConfigError("bad\noption"), DataNotFoundError("no data"), CheckpointError("other model")):
-        try:
-            raise RuntimeError("wrapped") from error
-        except RuntimeError as wrapped:
-            assert user_error(wrapped) == " ".join(str(error).split("\n"))
+        assert user_error(raised(RuntimeError("wrapped"), error)) == " ".join(str(error).split("\n"))
     for bug in (KeyError("x"), ValueError("x"), TypeError("x"), RuntimeError("x")):
-        try:
-            raise bug
-        except Exception as raised:
-            assert user_error(raised) is None
+        assert user_error(raised(bug)) is None
 
 
 @pytest.mark.slow
@@ -146,5 +146,6 @@ def test_console_script_keeps_a_bugs_traceback(tmp_path):
             "prepare.resolve_root = {}.__getitem__; sys.argv = ['moram', 'data', 'check', 'mnist']; cli.entry()")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode not in (0, 2)
-    assert "Traceback (most recent call last)" in proc.stderr and "KeyError" in proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "KeyError" in proc.stderr
     assert "moram: error" not in proc.stderr
