@@ -157,4 +157,4 @@ def restart_lr_schedules(trainer: Trainer) -> None:
             lrs = closed_form() if callable(closed_form) else scheduler.get_lr()  # type: ignore[attr-defined]
         for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):  # type: ignore[attr-defined]
             group["lr"] = lr
-        scheduler._last_lr = list(lrs)  # type: ignore[attr-defined]
+        scheduler._last_lr = list(lrs)  # type: ignore[attr-defined]  # private, no setter: test_lightning_internals.py
