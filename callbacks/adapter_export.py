@@ -23,7 +23,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from moram.protocols import AdapterExporter
+from moram.protocols import AdapterExporter, current_task
 
 
 class AdapterExportCallback(Callback):
@@ -48,7 +48,7 @@ class AdapterExportCallback(Callback):
         if not isinstance(pl_module, AdapterExporter) or self._dir is None:
             return
         datamodule: Any = getattr(trainer, "datamodule", None)
-        task = int(getattr(datamodule, "current_task", trainer.current_epoch))
+        task = current_task(trainer)
         names = list(getattr(datamodule, "task_names", []))
         name = re.sub(r"[^\w.-]+", "_", str(names[task])) if task < len(names) else str(task)
         target = self._dir / f"task{task}-{name}"

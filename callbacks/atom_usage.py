@@ -51,7 +51,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from typing_extensions import override
 
-from moram.protocols import is_task_stream, routed_layers
+from moram.protocols import current_task, is_task_stream, routed_layers
 
 
 def routing_matrix(weight: Tensor, units_per_task: int, num_born: int | None = None) -> Tensor:
@@ -191,7 +191,7 @@ class AtomUsageCallback(Callback):
             stats.weight = trainer.strategy.reduce(stats.weight, reduce_op="sum")
             stats.tokens = trainer.strategy.reduce(stats.tokens, reduce_op="sum")
             stats.emptied = trainer.strategy.reduce(stats.emptied, reduce_op="sum")
-        label = "zero_shot" if trainer.sanity_checking else f"after_task{trainer.current_epoch + 1}"
+        label = "zero_shot" if trainer.sanity_checking else f"after_task{current_task(trainer) + 1}"
         report = self.summary(self._task_names(trainer, next(iter(self._stats.values())).tokens.shape[0]))
         self.history[label] = report["routing_matrix"]
         if not trainer.sanity_checking:

@@ -19,11 +19,18 @@ Reading the sanity check's scores (checked on Lightning 2.6.6): outside the sani
 several dataloaders (``dataloader_idx`` set), the usual way of logging one score per task: Lightning
 moves those into ``callback_metrics`` per dataloader only outside the sanity check. They are still
 in the trainer's result collection until ``on_validation_end`` returns, so the sanity check's
-scores are computed from there (:func:`_sanity_check_metrics`, the one use of Lightning internals).
+scores are computed from there (:func:`_sanity_check_metrics`: a private field of the trainer, kept
+because no public hook gives them; ``tests/test_lightning_internals.py`` fails when Lightning changes it).
+
+A run resumed from a checkpoint written on a task's last batch: Lightning counts that task's
+validation as done and skips it, so its row would be missing. When the module can score every task
+on demand (:class:`~moram.protocols.TaskEvaluator`, as :class:`moram.module.ContinualModule` does),
+the callback asks it for that row in ``on_train_start``, before the next task changes the model.
 """
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +41,15 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from moram.callbacks.trackers import log_figure, takes_figures
+from moram.errors import CheckpointError, ConfigError
 from moram.metrics import AccuracyMatrix, format_table, heatmap_figure, save_all, scalar_metrics, summary
-from moram.protocols import SCORE_PREFIX, TaskStream
+from moram.protocols import SCORE_PREFIX, TaskEvaluator, TaskStream, current_task
 
 METRIC_PREFIX = "continual/"
-_FILL_ROW_ATTR = "_moram_fill_row"  # set on the trainer while a skipped row is being evaluated
+
+# The scores of a resumed run's skipped validation, computed once per trainer and step, shared by every
+# metrics callback (one per view) so the module evaluates once.
+_RESUME_SCORES: weakref.WeakKeyDictionary[pl.Trainer, tuple[int, dict[str, float]]] = weakref.WeakKeyDictionary()
 
 
 class ContinualMetricsCallback(Callback):
@@ -90,6 +101,7 @@ class ContinualMetricsCallback(Callback):
         self.finished = False
         self._dir: Path | None = None
         self._view = ""
+        self._restored = False  # load_state_dict ran: this fit resumes a checkpoint holding the matrix so far
 
     @property
     @override
@@ -135,7 +147,7 @@ class ContinualMetricsCallback(Callback):
         elif 0 <= row < len(names):
             self.rows[row] = values
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"row {row} is not a task index in [0, {len(names)}): check the datamodule's current_task "
                 "and that Trainer(max_epochs=...) is at most its num_tasks"
             )
@@ -159,36 +171,45 @@ class ContinualMetricsCallback(Callback):
                 "ContinualMetricsCallback: no zero-shot row (FWT will be empty); run a full validation before "
                 "training with Trainer(num_sanity_val_steps=-1) to get one."
             )
-        self._fill_row_skipped_by_resume(trainer)
+        self._fill_row_skipped_by_resume(trainer, pl_module)
 
-    def _fill_row_skipped_by_resume(self, trainer: pl.Trainer) -> None:
-        """Evaluate now if the run resumed from a checkpoint written on a task's last batch.
+    def _fill_row_skipped_by_resume(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Record the finished task's row now if the run resumed from a checkpoint written on its last batch.
 
-        Lightning then counts that epoch's validation as done and skips it, so the finished task's
-        row would be missing. The model is still exactly as it was at the end of that task (atoms
-        are consolidated when the next task starts), so evaluating here records the values an
-        uninterrupted run records. Every metrics callback records the pass into that row.
+        Lightning then counts that task's validation as done and skips it, and the checkpoint was
+        written before it ran, so the restored matrix lacks the row. The model is still exactly as it
+        was at the end of that task (atoms are consolidated when the next task starts), so the module's
+        own evaluation (:meth:`~moram.protocols.TaskEvaluator.evaluate_tasks`) gives the values an
+        uninterrupted run records. Only public hooks and attributes are used.
         """
-        task = _task_stream(trainer).current_task
-        finished = task - 1
-        if not trainer.fit_loop.restarting or finished < 0 or finished in self.rows:
+        finished = current_task(trainer) - 1
+        if not self._restored or finished < 0 or finished in self.rows or not _validates_after(trainer, finished):
             return
-        if trainer.limit_val_batches == 0 or not trainer.fit_loop.epoch_loop._should_check_val_epoch():
+        if not isinstance(pl_module, TaskEvaluator):
+            rank_zero_warn(
+                f"ContinualMetricsCallback: the run resumed after task {finished} ended, whose validation Lightning "
+                f"skips; {type(pl_module).__name__} has no evaluate_tasks() (moram.protocols.TaskEvaluator), so "
+                "that row stays empty."
+            )
             return
-        rank_zero_info(f"ContinualMetricsCallback: resumed after task {finished} ended; evaluating to fill its row")
-        setattr(trainer, _FILL_ROW_ATTR, finished)
-        try:
-            trainer.validating = True
-            trainer.fit_loop.epoch_loop.val_loop.run()
-        finally:
-            trainer.training = True
-            delattr(trainer, _FILL_ROW_ATTR)
+        step, scores = _RESUME_SCORES.get(trainer, (-1, {}))
+        if step != trainer.global_step:
+            rank_zero_info(f"ContinualMetricsCallback: resumed after task {finished} ended; evaluating to fill its row")
+            scores = pl_module.evaluate_tasks()  # every rank: the scores are synced across ranks
+            _RESUME_SCORES[trainer] = (trainer.global_step, scores)
+        names = self._require_names()
+        missing = [self._key(n) for n in names if self._key(n) not in scores]
+        if missing:
+            raise KeyError(f"ContinualMetricsCallback: {type(pl_module).__name__}.evaluate_tasks() gave no {missing}")
+        row = {n: float(scores[self._key(n)]) for n in names}
+        self.record(finished, trainer.strategy.broadcast(row, src=0))
+        self._publish(trainer)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         stream = _task_stream(trainer)
         if list(stream.task_names) != self._require_names():
-            raise ValueError(
+            raise CheckpointError(
                 f"the datamodule's tasks {list(stream.task_names)} differ from the recorded matrix's "
                 f"{self.task_names} (restored from a checkpoint of another task sequence?)"
             )
@@ -200,9 +221,7 @@ class ContinualMetricsCallback(Callback):
                 return
             row = None
         elif trainer.state.fn == TrainerFn.FITTING:
-            # the task being trained (validated twice during a task: the last pass wins), or the
-            # finished task whose skipped validation a resumed run is filling in
-            row = getattr(trainer, _FILL_ROW_ATTR, stream.current_task)
+            row = current_task(trainer)  # the task being trained (validated twice during a task: the last pass wins)
         else:
             rank_zero_info("ContinualMetricsCallback (not recorded outside fit): " + _format_scores(scores))
             return
@@ -238,6 +257,7 @@ class ContinualMetricsCallback(Callback):
         self.task_names = state_dict.get("task_names", self.task_names)
         self.zero_shot = state_dict.get("zero_shot", self.zero_shot)
         self.rows = {int(i): [float(v) for v in row] for i, row in state_dict.get("rows", self.rows).items()}
+        self._restored = True
 
     # -------------------------------------------------------------------------------- helpers
 
@@ -330,6 +350,13 @@ def _sanity_check_metrics(trainer: pl.Trainer) -> dict[str, Any] | None:
         rank_zero_warn(f"ContinualMetricsCallback: cannot read the sanity check's scores ({err}); no zero-shot row.")
         return None
     return metrics
+
+
+def _validates_after(trainer: pl.Trainer, task: int) -> bool:
+    """Whether ``fit`` runs a full validation pass at the end of task (epoch) ``task`` (public Trainer settings)."""
+    full = isinstance(trainer.limit_val_batches, float) and trainer.limit_val_batches == 1.0
+    every = trainer.check_val_every_n_epoch
+    return bool(trainer.enable_validation) and full and (every is None or (task + 1) % every == 0)
 
 
 def _format_scores(scores: dict[str, float]) -> str:

@@ -17,6 +17,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from moram.errors import ConfigError
+
 
 def tower_image_size(module: Any) -> int | None:
     """The side of the square images the module's ``visual`` tower takes, or None when there is none."""
@@ -41,7 +43,7 @@ class ImageSizeCheckCallback(Callback):
             return
         got = int(image.shape[-1])
         if got != want:
-            raise ValueError(
+            raise ConfigError(
                 f"data.source.image_size gives {got}-pixel images but the model's image tower takes {want} "
                 f"(model.backbone.model_config / model.backbone.model_name); set data.source.image_size: {want}"
             )

@@ -30,6 +30,9 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
+from moram.errors import ConfigError
+from moram.protocols import current_task
+
 
 class ProgressLogCallback(Callback):
     """Print a progress line per task and every ``every_n_steps`` steps (see the module docstring).
@@ -40,7 +43,7 @@ class ProgressLogCallback(Callback):
 
     def __init__(self, every_n_steps: int = 50) -> None:
         if every_n_steps < 0:
-            raise ValueError(f"every_n_steps must be >= 0, got {every_n_steps}")
+            raise ConfigError(f"every_n_steps must be >= 0, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self._start = self._task_start = time.monotonic()
         self._task_step0 = 0
@@ -105,7 +108,7 @@ def task_label(trainer: pl.Trainer) -> str:
     """``task <i>/<n> '<name>'`` for the task being trained (the epoch when the data is not a task stream)."""
     datamodule: Any = getattr(trainer, "datamodule", None)
     names = list(getattr(datamodule, "task_names", []) or [])
-    index = int(getattr(datamodule, "current_task", trainer.current_epoch))
+    index = current_task(trainer)
     total = len(names) or trainer.max_epochs or "?"
     name = f" '{names[index]}'" if index < len(names) else ""
     return f"task {index + 1}/{total}{name}"

@@ -83,6 +83,7 @@ class SlurmRequeueCallback(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Before Lightning registers its handlers (right after on_fit_start): it keeps a handler it finds.
+        # private: strategy.cluster_environment exists only on parallel strategies (tests/test_lightning_internals.py)
         environment = trainer._accelerator_connector.cluster_environment
         if not isinstance(environment, SLURMEnvironment) or not environment.auto_requeue:
             return

@@ -1,8 +1,8 @@
 """Freeze and grow the atom banks between tasks (one epoch = one task).
 
-At the start of task ``t`` (``trainer.current_epoch``), every bank is consolidated until it holds
-``t × rank`` frozen atoms; whenever that happens the optimizer state of the current atoms is zeroed
-in place and the per-task learning-rate schedule restarts. The check runs in
+At the start of task ``t`` (:func:`moram.protocols.current_task`: the stream's ``current_task``), every
+bank is consolidated until it holds ``t × rank`` frozen atoms; whenever that happens the optimizer
+state of the current atoms is zeroed in place and the per-task learning-rate schedule restarts. The check runs in
 ``on_train_epoch_start`` *and* ``on_train_batch_start``: Lightning skips the former when it resumes
 from a checkpoint written at the last batch of an epoch, and consolidating only at epoch end lost a
 whole task after such a resume (DESIGN.md §4). The decision is counter-driven, hence idempotent
@@ -20,7 +20,15 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from moram.protocols import ContinualHost, ShardedHost, continual_layers, is_routed_layer, is_task_stream
+from moram.errors import ConfigError
+from moram.protocols import (
+    ContinualHost,
+    ShardedHost,
+    continual_layers,
+    current_task,
+    is_routed_layer,
+    is_task_stream,
+)
 
 
 class TaskBoundaryCallback(Callback):
@@ -63,12 +71,12 @@ class TaskBoundaryCallback(Callback):
         if is_task_stream(stream):
             max_tasks = layers[0][1].max_tasks
             if stream.num_tasks > max_tasks:
-                raise ValueError(
+                raise ConfigError(
                     f"the task stream has {stream.num_tasks} tasks but the atom banks hold max_tasks={max_tasks}; "
                     f"set the model's AtomConfig.max_tasks to at least {stream.num_tasks}"
                 )
             if getattr(trainer, "reload_dataloaders_every_n_epochs", 1) != 1:
-                raise ValueError(
+                raise ConfigError(
                     "one epoch is one task: set trainer.reload_dataloaders_every_n_epochs=1 so each epoch "
                     "serves its own task"
                 )
@@ -81,13 +89,6 @@ class TaskBoundaryCallback(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._cross_boundaries(trainer, pl_module)
 
-    def _task_index(self, trainer: Trainer) -> int:
-        stream = getattr(trainer, "datamodule", None)
-        task = trainer.current_epoch
-        if is_task_stream(stream):
-            task = min(task, stream.num_tasks - 1)
-        return task
-
     def _cross_boundaries(self, trainer: Trainer, pl_module: LightningModule) -> None:
         layers = continual_layers(pl_module)
         if not layers:
@@ -95,7 +96,7 @@ class TaskBoundaryCallback(Callback):
         done = {layer.task_index for _, layer in layers}
         if len(done) != 1:
             raise RuntimeError(f"continual layers disagree on the task they are in: {sorted(done)}")
-        task, consolidated = self._task_index(trainer), done.pop()
+        task, consolidated = current_task(trainer), done.pop()
         if consolidated >= task:
             return
         gathered = pl_module.full_parameters() if isinstance(pl_module, ShardedHost) else nullcontext()
@@ -156,4 +157,4 @@ def restart_lr_schedules(trainer: Trainer) -> None:
             lrs = closed_form() if callable(closed_form) else scheduler.get_lr()  # type: ignore[attr-defined]
         for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):  # type: ignore[attr-defined]
             group["lr"] = lr
-        scheduler._last_lr = list(lrs)  # type: ignore[attr-defined]
+        scheduler._last_lr = list(lrs)  # type: ignore[attr-defined]  # private, no setter: test_lightning_internals.py

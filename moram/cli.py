@@ -20,9 +20,10 @@ Resuming: ``--ckpt_path last`` finds the newest run directory with a ``checkpoin
 there is none it is an error, not a fresh start. Without a logger configured, runs log with a
 ``CSVLogger`` into ``<default_root_dir>/lightning_logs/version_N`` (Lightning's default, named).
 
-Errors: moram's own validation errors (bad option values, missing data, checkpoints of another
-model) end the command with one line, ``moram: error: ...``, and exit code 2;
-``MORAM_TRACEBACK=1`` shows the full traceback instead.
+Errors: moram's own errors about a user's input (:class:`moram.errors.MoramError`: bad option values,
+missing data, checkpoints of another model) and jsonargparse's reports of bad options end the command
+with one line, ``moram: error: ...``, and exit code 2; ``MORAM_TRACEBACK=1`` shows the full traceback
+instead. Any other exception is a bug and ends the command with its full traceback.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import logging
 import os
 import re
 import sys
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any, NoReturn
@@ -41,6 +41,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from moram.cli_help import HELP_GUIDE, nested_help
+from moram.errors import CheckpointError, ConfigError, DataNotFoundError, MoramError
 from moram.protocols import is_task_stream
 from moram.runs import flat_options as _flat
 
@@ -349,7 +350,6 @@ class MoramCLI(LightningCLI):
         (:func:`moram.runs.select_run`); a ``fit`` from a checkpoint inside a run folder continues
         that folder; a finished run is never resumed. Every check here reads files only.
         """
-        from moram.checkpoint import CheckpointError
         from moram.runs import finished_run, run_folder_of, select_run, version_number
 
         trainer = config.trainer
@@ -406,13 +406,11 @@ class MoramCLI(LightningCLI):
         # instead resolves `last` and the run folder, upgrades the hyperparameters of checkpoints
         # written before the composed module (moram.checkpoint.upgrade_hparams), and refuses a
         # checkpoint trained with other settings (atoms, backbone, method), naming each difference.
-        from moram.checkpoint import CheckpointError
-
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         given = config.get("ckpt_path")
         if given and given != "last" and not Path(given).exists():
-            raise FileNotFoundError(f"--ckpt_path {given}: no such file; give a checkpoint file, or 'last'")
+            raise DataNotFoundError(f"--ckpt_path {given}: no such file; give a checkpoint file, or 'last'")
         self._resolve_logger_and_last(subcommand, config)
         if not subcommand:
             return
@@ -441,7 +439,7 @@ class MoramCLI(LightningCLI):
             if config.get("max_epochs") is None:
                 kwargs["max_epochs"] = tasks
             elif config["max_epochs"] != tasks:
-                raise ValueError(
+                raise ConfigError(
                     f"trainer.max_epochs={config['max_epochs']} but the task stream has {tasks} tasks "
                     "(one epoch per task); leave trainer.max_epochs null"
                 )
@@ -514,10 +512,11 @@ def files_written(log_dir: Path) -> str:
 
 
 def user_error(err: BaseException) -> str | None:
-    """The message of the moram validation error behind ``err`` (following its causes), else None.
+    """The one-line message of the user error behind ``err`` (following its causes), else None (a bug).
 
-    A validation error is a ``ValueError``, ``TypeError``, ``LookupError`` or ``OSError`` raised by
-    moram's own code, or jsonargparse's report of a bad option (which names the option).
+    A user error is one of moram's own :class:`~moram.errors.MoramError` family (a bad option value,
+    missing data, a checkpoint of another model, ...) or jsonargparse's report of a bad option (which
+    names the option). Anything else is a bug: ``entry`` lets it through with its full traceback.
     """
     seen: set[int] = set()
     pending: list[BaseException | None] = [err]
@@ -527,7 +526,7 @@ def user_error(err: BaseException) -> str | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, (ValueError, TypeError, LookupError, OSError, ArithmeticError)) and _raised_by_moram(e):
+        if isinstance(e, MoramError):
             return _one_line(str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e))
         if type(e).__name__ == "ArgumentError" and found is None:
             found = _one_line(str(e))
@@ -537,12 +536,6 @@ def user_error(err: BaseException) -> str | None:
 
 # a method config's fields are model.method options
 _OPTION_NAMES = {r"\b(?!AtomConfig)[A-Z]\w*Config\.": "model.method."}
-
-
-def _raised_by_moram(err: BaseException) -> bool:
-    frames = traceback.extract_tb(err.__traceback__)
-    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE)
-
 
 def _one_line(message: str) -> str:
     for pattern, option in _OPTION_NAMES.items():
@@ -579,8 +572,8 @@ def main(args: list[str] | None = None, run: bool = True) -> MoramCLI:
 def entry() -> None:
     """The ``moram`` console script: ``moram data ...`` for datasets, else the Lightning subcommands.
 
-    A moram validation error ends it with one line on stderr and exit code 2 (:func:`user_error`);
-    ``MORAM_TRACEBACK=1`` re-raises it with the full traceback.
+    A user error (:func:`user_error`) ends it with one line on stderr and exit code 2;
+    ``MORAM_TRACEBACK=1`` re-raises it with the full traceback. Any other exception propagates (a bug).
     """
     try:
         if sys.argv[1:2] == ["data"]:

@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from moram.errors import ConfigError
+
 HELP_GUIDE = """moram's own options (model, atoms, method, data source) are listed by class:
   moram fit --config configs/clip_cl.yaml --print_config      every option of a run, with its value
   moram fit --model.help moram.module.ContinualModule           the module's (backbone, method, atoms, optimiser)
@@ -56,7 +58,7 @@ def _owner_class(args: list[str], group: str) -> type:
             node = (yaml.safe_load(Path(args[i + 1]).read_text()) or {}).get(group) or {}
             value = node.get("class_path") if isinstance(node, dict) else None
     if not value or "." not in value:
-        raise ValueError(f"--{group}.*.help needs the {group} class first: add --config FILE or --{group} CLASS.PATH")
+        raise ConfigError(f"--{group}.*.help needs the {group} class first: add --config FILE or --{group} CLASS.PATH")
     return import_object(value)
 
 
@@ -90,7 +92,7 @@ def _nested_class(owner: type, path: list[str]) -> type:
         hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else typing.get_type_hints(cls.__init__)  # type: ignore[misc]
         found = _unwrap(hints.get(name))
         if found is None:
-            raise ValueError(f"{cls.__name__} has no option {name!r} holding a class; see --help of {cls.__name__}")
+            raise ConfigError(f"{cls.__name__} has no option {name!r} holding a class; see --help of {cls.__name__}")
         cls = found
     return cls
 
@@ -111,7 +113,7 @@ def nested_help(args: list[str]) -> bool:
         if value is None and i + 1 < len(args) and not args[i + 1].startswith("-"):
             value = args[i + 1]
         if value and "." not in value:
-            raise ValueError(f"--{group}.{path}.help {value}: give the full class path, e.g. moram.baselines.MoELoRA")
+            raise ConfigError(f"--{group}.{path}.help {value}: give the full class path, e.g. moram.baselines.MoELoRA")
         cls = (import_object(value) if value else _configured_class(args, group, path.split("."))
                or _nested_class(_owner_class(args, group), path.split(".")))
         parser = ArgumentParser(prog=f"moram {args[0] if args else 'fit'}", description=f"Options of {cls.__name__}")

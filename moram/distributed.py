@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from moram.errors import ConfigError
+
 
 def full_value(t: Tensor) -> Tensor:
     """The full value of a possibly sharded (FSDP2 ``DTensor``) tensor; a collective when sharded.
@@ -66,7 +68,7 @@ def data_parallel_mesh(mesh: Any) -> Any:
     """
     names = getattr(mesh, "mesh_dim_names", None) or ()
     if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
-        raise ValueError(
+        raise ConfigError(
             f"moram shards over data only, but the device mesh has tensor_parallel size "
             f"{mesh['tensor_parallel'].size()}; use trainer.strategy moram.strategies.FSDP2Strategy "
             "(configs/strategy/fsdp2.yaml), or ModelParallelStrategy with tensor_parallel_size=1 and "

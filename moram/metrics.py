@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moram.errors import DataError
+
 JSON_NAME = "continual_metrics.json"
 CSV_NAME = "continual_metrics.csv"
 HEATMAP_NAME = "accuracy_matrix.png"
@@ -43,7 +45,7 @@ class AccuracyMatrix:
     def __post_init__(self) -> None:
         n = len(self.task_names)
         if n == 0 or len(set(self.task_names)) != n:
-            raise ValueError(f"task_names must be non-empty and unique, got {self.task_names}")
+            raise DataError(f"task_names must be non-empty and unique, got {self.task_names}")
         if len(self.rows) > n:
             raise ValueError(f"got {len(self.rows)} rows for {n} tasks: at most one row per task")
         for label, row in [("zero_shot", self.zero_shot), *((f"rows[{i}]", r) for i, r in enumerate(self.rows))]:

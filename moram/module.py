@@ -36,8 +36,8 @@ from torch import Tensor
 
 from moram.adapters.method import MethodConfig, method_from_dict
 from moram.backbones.base import Backbone
-from moram.errors import CheckpointError, ConfigError
-from moram.protocols import ContinualLayer, continual_layers, is_task_stream, score_key
+from moram.errors import CheckpointError, ConfigError, NonFiniteLossError
+from moram.protocols import ContinualLayer, continual_layers, current_task, is_task_stream, score_key
 
 LRSchedule = Literal["cosine", "constant"]
 """The per-task learning-rate schedules: warmup then cosine to zero, or warmup then constant."""
@@ -170,6 +170,8 @@ class ContinualModule(LightningModule):
         self.targets = list(targets) if targets is not None else None
         self.max_tasks = max_tasks
         self.seed = seed
+        # checkpoints hold no frozen backbone: moram.checkpoint checks the adapter keys itself
+        self.strict_loading = False
         self.lr, self.weight_decay = lr, weight_decay
         self.betas = (float(betas[0]), float(betas[1]))
         self.warmup_steps, self.lr_schedule, self.steps_per_task = warmup_steps, lr_schedule, steps_per_task
@@ -279,15 +281,6 @@ class ContinualModule(LightningModule):
             (Path(log_dir) / "adapter_cost.json").write_text(json.dumps(cost, indent=1) + "\n")
 
     # ------------------------------------------------------------------ checkpoints
-    @property
-    def strict_loading(self) -> bool:
-        """False: checkpoints hold no frozen backbone (:mod:`moram.checkpoint` checks the keys itself)."""
-        return False if self._strict_loading is None else bool(self._strict_loading)
-
-    @strict_loading.setter
-    def strict_loading(self, value: bool) -> None:
-        self._strict_loading = value
-
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: str | Path | IO[bytes], map_location: Any = None, hparams_file: str | Path | None = None,
@@ -375,7 +368,7 @@ class ContinualModule(LightningModule):
         """The trainer's task-stream datamodule (it must list its ``tasks``)."""
         stream = getattr(self.trainer, "datamodule", None)
         if stream is None or not hasattr(stream, "tasks"):
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} needs a task-stream datamodule with `tasks`, "
                 "e.g. moram.data.stream.TaskStreamDataModule"
             )
@@ -383,14 +376,14 @@ class ContinualModule(LightningModule):
 
     @property
     def current_task_index(self) -> int:
-        """Index of the task being trained: the epoch, capped at the last task."""
-        return min(self.current_epoch, self.stream.num_tasks - 1)
+        """Index of the task being trained: the stream's ``current_task`` (:func:`moram.protocols.current_task`)."""
+        return current_task(self.trainer)
 
     def check_loss(self, loss: Tensor, batch_idx: int) -> None:
         """Raise naming ``model.lr`` and the task when ``loss`` is NaN or infinite (nothing is updated)."""
         if not torch.isfinite(loss):
             task = self.current_task_index
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"non-finite loss {loss.item()} at task {task} step {batch_idx}; lower model.lr "
                 f"(now {self.lr}) or check the data of task '{self.stream.task_names[task]}'"
             )
@@ -446,16 +439,48 @@ class ContinualModule(LightningModule):
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
 
-    def _finish_eval(self, prefix: str) -> dict[str, float]:
-        """Log every task's mean score (synced across ranks) under ``prefix`` and each view's prefix."""
+    def _computed_scores(self, prefix: str) -> dict[str, float]:
+        """Every task's mean score (synced across ranks) under ``prefix`` and under each view's prefix."""
         assert self._scores is not None
         scores: dict[str, float] = {}
         for task, name in enumerate(self.stream.task_names):
-            scores[name] = self._scores.compute(self.backbone.primary_view, task)
-            self.log(f"{prefix}{name}", scores[name], sync_dist=False)  # synced by torchmetrics already
+            scores[f"{prefix}{name}"] = self._scores.compute(self.backbone.primary_view, task)
             for view, view_prefix in self.backbone.views.items():
-                self.log(f"{view_prefix}{name}", self._scores.compute(view, task), sync_dist=False)
+                scores[f"{view_prefix}{name}"] = self._scores.compute(view, task)
         return scores
+
+    def _finish_eval(self, prefix: str) -> dict[str, float]:
+        """Log every task's mean score (synced across ranks) under ``prefix`` and each view's prefix."""
+        computed = self._computed_scores(prefix)
+        for key, value in computed.items():
+            self.log(key, value, sync_dist=False)  # synced by torchmetrics already
+        return {name: computed[f"{prefix}{name}"] for name in self.stream.task_names}
+
+    @torch.no_grad()
+    def evaluate_tasks(self) -> dict[str, float]:
+        """Every task's validation score now, as validation logs it (:class:`moram.protocols.TaskEvaluator`).
+
+        The same pass as a validation epoch (the stream's validation loaders, the batch-transfer hooks, the
+        trainer's precision context), run by the module itself and logging nothing: the continual-metrics
+        callback calls it to fill the row of a run resumed right after a task ended, whose validation
+        Lightning skips. Every rank calls it; each submodule's train/eval mode is restored afterwards.
+        """
+        modes = [(m, m.training) for m in self.modules()]
+        precision = self.trainer.precision_plugin.val_step_context()
+        self.eval()
+        self._start_eval()
+        try:
+            with precision:
+                for task, loader in enumerate(self.stream.val_dataloader()):
+                    for batch in loader:
+                        batch = self.on_before_batch_transfer(batch, task)
+                        batch = self.transfer_batch_to_device(batch, self.device, task)
+                        self._eval_step(self.on_after_batch_transfer(batch, task), task)
+            return self._computed_scores(score_key(""))
+        finally:
+            self._scores = None
+            for module, training in modes:
+                module.training = training
 
     def on_validation_epoch_end(self) -> None:
         self._finish_eval(score_key(""))
@@ -499,7 +524,7 @@ class ContinualModule(LightningModule):
                 raise ConfigError("model.steps_per_task is null and the datamodule has no steps_per_task; set it")
 
         def total() -> int:  # the present task's length: streams may give one per task (data.steps_per_task)
-            return per_task(getattr(data, "current_task", 0)) if callable(per_task) else int(fixed)  # type: ignore[arg-type]
+            return per_task(current_task(self.trainer)) if callable(per_task) else int(fixed)  # type: ignore[arg-type]
 
         schedule = self.lr_schedule
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(schedule, s, total(), warmup))

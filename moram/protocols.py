@@ -9,9 +9,12 @@ Vocabulary (used the same way everywhere in moram):
 * a **routed layer** (:class:`RoutedLayer`) is a continual layer that routes every token over units
   (atoms, experts) born ``units_per_task`` at a time, and reports its routing weights to a hook
   (telemetry, ``AtomUsageCallback``);
-* a **task stream** (:class:`TaskStream`) knows the task sequence (a DataModule, usually);
+* a **task stream** (:class:`TaskStream`) knows the task sequence (a DataModule, usually); its
+  ``current_task`` is the one source of the index of the task being trained (:func:`current_task`);
 * a **score**: a LightningModule reports its score on task ``name`` (in percent, 0–100) by logging it
-  under :func:`score_key` during validation; the continual-metrics callback reads it from there.
+  under :func:`score_key` during validation; the continual-metrics callback reads it from there. A
+  module that can also score every task on demand (:class:`TaskEvaluator`) lets the callback fill
+  the row of a run resumed right after a task ended, whose validation Lightning skips.
 
 Layers are found structurally (by the members of their class), never by importing a layer type, so
 a layer a user writes works with every callback. Names are given without the parts that wrappers add
@@ -126,6 +129,30 @@ class TaskStream(Protocol):
 
     @property
     def current_task(self) -> int: ...
+
+
+@runtime_checkable
+class TaskEvaluator(Protocol):
+    """A module that scores every task of the stream on demand, outside Lightning's validation loop."""
+
+    def evaluate_tasks(self) -> dict[str, float]:
+        """Every task's validation score now, under the names validation logs it under (:func:`score_key`, views).
+
+        Every rank calls it (the scores are synced across ranks); it logs nothing and leaves the model as it was.
+        """
+        ...
+
+
+def current_task(trainer: object) -> int:
+    """Index of the task being trained: the task stream's ``current_task``, the one source of it in moram.
+
+    ``trainer.datamodule`` when it is a :class:`TaskStream`; otherwise (any other datamodule) the
+    trainer's ``current_epoch``, one epoch being one task.
+    """
+    stream = getattr(trainer, "datamodule", None)
+    if is_task_stream(stream):
+        return int(stream.current_task)
+    return int(getattr(trainer, "current_epoch", 0))
 
 
 _CONTINUAL = ("task_index", "max_tasks", "consolidate", "current_parameters")

@@ -27,6 +27,7 @@ import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 from typing_extensions import override
 
+from moram.protocols import current_task
 from moram.runs import CONFIG_FILE, HISTORY_FILE
 
 
@@ -56,7 +57,7 @@ class RunFolderConfig(SaveConfigCallback):
             "argv": sys.argv[1:],
             "checkpoint": str(self.config.get("ckpt_path")) if resumed else None,
             "global_step": int(trainer.global_step),
-            "task": int(trainer.current_epoch),
+            "task": current_task(trainer),
             "config": config_file,
             "host": socket.gethostname(),
             "processes": int(trainer.world_size),

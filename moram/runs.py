@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from moram.checkpoint import CheckpointError
+from moram.errors import DataNotFoundError
 
 HISTORY_FILE = "history.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -166,12 +167,12 @@ def select_run(
     looked = [d / "last.ckpt" for d in dirpaths] + [log_root / "version_*" / "checkpoints" / "last.ckpt"]
     where = " or ".join(str(p) for p in looked)
     if not found:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"--ckpt_path last: no last checkpoint in {where}; runs write one with a ModelCheckpoint callback that "
             "has save_last: true (the shipped configs do). Start without --ckpt_path, or give a checkpoint file"
         )
     skipped = "; ".join(f"{r.run_dir.name}: {r.refused}" for r in found)
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"--ckpt_path last: no unfinished run of this configuration in {log_root} ({skipped}); "
         "nothing was changed. Start a new run without --ckpt_path, or give the checkpoint file to use"
     )

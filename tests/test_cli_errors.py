@@ -96,3 +96,56 @@ def test_console_script_prints_one_message(tmp_path, tiny_config):
     assert "moram: error: data.batch_size" in proc.stderr
 
 
+
+
+def test_moram_error_raised_in_moram_is_one_line(monkeypatch, capsys, tmp_path):
+    from moram.data.benchmarks import prepare
+    from moram.data.benchmarks.registry import get_benchmark
+
+    monkeypatch.setattr(prepare, "check", lambda names, root: get_benchmark("no-such-dataset"))
+    code, err = run_entry(monkeypatch, capsys, ["data", "check", "mnist", "--root", str(tmp_path)])
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith("moram: error: unknown benchmark dataset 'no-such-dataset'")
+    assert TRACEBACK_ENV in lines[1]
+
+
+def test_a_bug_in_moram_keeps_its_traceback(monkeypatch, capsys, tmp_path):
+    # A KeyError raised inside moram's own code (prepare.main's frame is the last one: dict.__getitem__ is C)
+    # is a bug, not a user error: it propagates with its traceback instead of becoming "moram: error:" + exit 2.
+    from moram.data.benchmarks import prepare
+
+    monkeypatch.setattr(prepare, "resolve_root", {}.__getitem__)
+    monkeypatch.setattr(sys, "argv", ["moram", "data", "check", "mnist", "--root", str(tmp_path)])
+    with pytest.raises(KeyError) as info:
+        entry()
+    assert info.traceback[-1].path.name == "prepare.py"  # raised by moram's code
+    assert "moram: error" not in capsys.readouterr().err
+
+
+def test_user_error_is_the_moram_error_family():
+    from moram.cli import user_error
+    from moram.errors import CheckpointError, ConfigError, DataNotFoundError
+
+    def raised(error: Exception, cause: Exception | None = None) -> Exception:
+        try:
+            raise error from cause
+        except Exception as caught:  # noqa: BLE001 - the exception with its traceback, as entry() sees it
+            return caught
+
+    for error in (ConfigError("bad\noption"), DataNotFoundError("no data"), CheckpointError("other model")):
+        assert user_error(raised(RuntimeError("wrapped"), error)) == " ".join(str(error).split("\n"))
+    for bug in (KeyError("x"), ValueError("x"), TypeError("x"), RuntimeError("x")):
+        assert user_error(raised(bug)) is None
+
+
+@pytest.mark.slow
+def test_console_script_keeps_a_bugs_traceback(tmp_path):
+    code = ("import sys; from moram.data.benchmarks import prepare; from moram import cli; "
+            "prepare.resolve_root = {}.__getitem__; sys.argv = ['moram', 'data', 'check', 'mnist']; cli.entry()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode not in (0, 2)
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "KeyError" in proc.stderr
+    assert "moram: error" not in proc.stderr

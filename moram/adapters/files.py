@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from moram.adapters.layer import SETTINGS_KEY, ContinualLinear
 from moram.adapters.method import MethodConfig, method_from_dict
 from moram.distributed import full_value
-from moram.errors import AdapterFileError
+from moram.errors import AdapterFileError, DataNotFoundError
 from moram.protocols import continual_layers
 
 __all__ = ["AdapterFileError", "LAYOUTS", "load_adapters", "read_adapter_config", "save_adapters"]
@@ -148,7 +148,7 @@ def _read(folder: Path, tensors: bool) -> tuple[dict[str, Any], dict[str, Tensor
     names = [(CONFIG_NAME, WEIGHTS_NAME), *OLD_NAMES.items()]
     found = next(((c, w) for c, w in names if (folder / c).is_file()), None)
     if found is None:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"no {CONFIG_NAME} in '{folder}': not a folder written by moram.save_adapters (or save_atoms)"
         )
     sidecar = read_json(folder / found[0])

@@ -24,7 +24,12 @@ from torch import nn
 
 from moram.adapters.layer import ContinualLinear
 from moram.adapters.seeding import layer_seed
+from moram.errors import ConfigError
 from moram.protocols import clean_name, continual_layers
+
+
+class TargetTypeError(ConfigError, TypeError):
+    """A target pattern matched a module that is not a linear map injection can adapt."""
 
 LayerWidths = Callable[[nn.Module], tuple[int, int]]
 """Given a module, return its ``(in_features, out_features)``."""
@@ -111,7 +116,7 @@ def select_targets(model: nn.Module, patterns: Sequence[str], option: str = "tar
     missing = [p for p, hit in matched.items() if not hit]
     if missing:
         examples = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if layer_widths(m)})
-        raise ValueError(
+        raise ConfigError(
             f"{option} pattern(s) {missing} matched no module of {type(model).__name__}; "
             f"adaptable layer names in this model end with: {examples[:30]}"
         )
@@ -132,27 +137,27 @@ def inject_layers(
         The names of the adapted modules, in module order.
 
     Raises:
-        ValueError: a pattern matched nothing (naming ``option``), or a module already carries a
+        ConfigError: a pattern matched nothing (naming ``option``), or a module already carries a
             different adapter.
-        TypeError: a pattern matched a module that is not a linear map.
+        TargetTypeError: a pattern matched a module that is not a linear map (also a ``TypeError``).
     """
     patterns = list(targets)
     if not patterns:
-        raise ValueError(f"no target modules: set {option} (e.g. ['q_proj', 'v_proj']) or pass the backbone's defaults")
+        raise ConfigError(f"no target modules: set {option} (e.g. ['q_proj', 'v_proj']) or use the backbone's defaults")
     adapted = []
     for name, module in select_targets(model, patterns, option):
         if isinstance(module, ContinualLinear):
             widths = (module.in_features, module.out_features)
             probe = make(nn.Identity(), *widths, 0)  # only its type and settings are compared
             if type(probe) is not type(module):
-                raise ValueError(
+                raise ConfigError(
                     f"module '{name}' already carries a {type(module).__name__}, not the {type(probe).__name__} "
                     "asked for: inject into a fresh model"
                 )
             has, wanted = module.settings(), probe.settings()
             if has != wanted:
                 diff = ", ".join(f"{k}: has {has.get(k)}, asked {v}" for k, v in wanted.items() if has.get(k) != v)
-                raise ValueError(
+                raise ConfigError(
                     f"module '{name}' already carries a {type(module).__name__} with a different setting ({diff}); "
                     "inject into a fresh model"
                 )
@@ -160,7 +165,7 @@ def inject_layers(
             continue
         widths_of = layer_widths(module)
         if widths_of is None:
-            raise TypeError(
+            raise TargetTypeError(
                 f"module '{name}' matched {option} but is a {type(module).__name__}, which is not a linear map "
                 f"injection can adapt; supported types: {supported_types()} (or call register_layer_type)"
             )

@@ -19,6 +19,7 @@ from moram.atoms.config import AtomConfig, MoRAMConfig
 from moram.atoms.kernels import routed_delta
 from moram.atoms.routing import normalized_topk_weights, reference_delta
 from moram.distributed import full_value
+from moram.errors import ConfigError
 
 
 class AtomLinear(ContinualLinear):
@@ -67,7 +68,7 @@ class AtomLinear(ContinualLinear):
             config = config.method
         config = config if config is not None else MoRAMConfig()
         if max_tasks is None:
-            raise TypeError("AtomLinear needs max_tasks (or an AtomConfig with max_tasks)")
+            raise ConfigError("AtomLinear needs max_tasks (or an AtomConfig with max_tasks)")
         super().__init__(base, in_features, out_features, config, max_tasks=max_tasks, seed=seed)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.current_keys = self.add_task_tensor("keys", (config.rank, in_features), init="kaiming")

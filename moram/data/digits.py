@@ -11,6 +11,7 @@ import torch
 
 from moram.data.tasks import Task
 from moram.data.transforms import ClipImageTransform, ImageTensorDataset
+from moram.errors import ConfigError
 
 DIGIT_NAMES: list[str] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGITS_MAX_VALUE = 16.0  # load_digits' pixel range is 0..16
@@ -50,18 +51,18 @@ class DigitsTasks:
     ) -> None:
         order = list(range(10)) if class_order is None else list(class_order)
         if not order or len(set(order)) != len(order) or not set(order) <= set(range(10)):
-            raise ValueError(f"data.source.class_order must list distinct digits from 0..9, got {class_order}")
+            raise ConfigError(f"data.source.class_order must list distinct digits from 0..9, got {class_order}")
         if classes_per_task < 1 or len(order) % classes_per_task:
-            raise ValueError(
+            raise ConfigError(
                 f"data.source.classes_per_task ({classes_per_task}) must be a positive divisor of the number of "
                 f"classes ({len(order)}), e.g. 1, 2 or 5 for all ten digits"
             )
         if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"data.source.test_fraction must be in (0, 1), got {test_fraction}")
+            raise ConfigError(f"data.source.test_fraction must be in (0, 1), got {test_fraction}")
         if image_size < 1:
-            raise ValueError(f"data.source.image_size must be positive, got {image_size}")
+            raise ConfigError(f"data.source.image_size must be positive, got {image_size}")
         if "{}" not in template:
-            raise ValueError(f"data.source.template must contain '{{}}' for the class name, got {template!r}")
+            raise ConfigError(f"data.source.template must contain '{{}}' for the class name, got {template!r}")
         self.classes_per_task, self.image_size = classes_per_task, image_size
         self.test_fraction, self.split_seed, self.template = test_fraction, split_seed, template
         self.class_order = order

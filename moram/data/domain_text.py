@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from moram.data.text import TextDataset, TextTask
+from moram.errors import ConfigError, DataError
 
 #: Characters beyond the default character tokenizer's that these domains write.
 EXTRA_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ()[]<_%'!;äöüß"
@@ -195,7 +196,7 @@ def domain_examples(task: str, n_train: int, n_test: int, seed: int = 0) -> tupl
         (3, 2, set())
     """
     if task not in DOMAIN_TASKS:
-        raise ValueError(f"unknown domain task {task!r}; known: {sorted(DOMAIN_TASKS)}")
+        raise ConfigError(f"unknown domain task {task!r}; known: {sorted(DOMAIN_TASKS)}")
     make = DOMAIN_TASKS[task][0]
     rng = random.Random(f"{seed}:{task}:test")
     test: list[Example] = []
@@ -208,7 +209,7 @@ def domain_examples(task: str, n_train: int, n_test: int, seed: int = 0) -> tupl
             seen.add(e.prompt)
             test.append(e)
         elif tries > 50 * (n_test + 10):
-            raise ValueError(
+            raise DataError(
                 f"domain task {task!r} has fewer than {n_test} distinct inputs; ask for fewer test examples"
             )
     rng = random.Random(f"{seed}:{task}:train")
@@ -220,7 +221,7 @@ def domain_examples(task: str, n_train: int, n_test: int, seed: int = 0) -> tupl
         if e.prompt not in seen:  # repeats within training are fine; test inputs are not
             train.append(e)
         elif tries > 50 * (n_train + 10):
-            raise ValueError(f"domain task {task!r}: its test set uses up its inputs; ask for fewer test examples")
+            raise DataError(f"domain task {task!r}: its test set uses up its inputs; ask for fewer test examples")
     return train, test
 
 
@@ -283,13 +284,13 @@ class DomainTextTasks:
         names = list(DEFAULT_DOMAIN_STREAM if tasks is None else tasks)
         unknown = [t for t in names if t not in DOMAIN_TASKS]
         if unknown or not names:
-            raise ValueError(f"data.source.tasks: unknown or no task names {unknown}; known: {sorted(DOMAIN_TASKS)}")
+            raise ConfigError(f"data.source.tasks: unknown or no task names {unknown}; known: {sorted(DOMAIN_TASKS)}")
         if len(set(names)) != len(names):
-            raise ValueError(f"data.source.tasks repeats a task: {names}")
+            raise ConfigError(f"data.source.tasks repeats a task: {names}")
         if train_size < 1 or test_size < 1:
-            raise ValueError(f"data.source train_size and test_size must be >= 1, got {train_size}, {test_size}")
+            raise ConfigError(f"data.source train_size and test_size must be >= 1, got {train_size}, {test_size}")
         if max_new_tokens is not None and max_new_tokens < 1:
-            raise ValueError(f"data.source.max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise ConfigError(f"data.source.max_new_tokens must be >= 1, got {max_new_tokens}")
         self.tasks, self.train_size, self.test_size = names, train_size, test_size
         self.seed, self.max_new_tokens = seed, max_new_tokens
 

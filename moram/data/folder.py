@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from moram.data.tasks import Task
 from moram.data.transforms import CLIP_MEAN, CLIP_STD
+from moram.errors import ConfigError, DataError, DataNotFoundError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DATA_ROOT_ENV = "MORAM_DATA"
@@ -33,7 +34,7 @@ def resolve_root(root: str | None) -> Path:
     """``root``, or the ``MORAM_DATA`` environment variable when it is None."""
     value = root if root is not None else os.environ.get(DATA_ROOT_ENV)
     if not value:
-        raise ValueError(
+        raise ConfigError(
             f"no data root: set data.source.root in the config or the {DATA_ROOT_ENV} environment variable"
         )
     return Path(value).expanduser()
@@ -81,7 +82,7 @@ def check_image_files(files: list[Path]) -> None:
             bad.append(f"'{path}' ({err})")
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise ValueError(
+        raise DataError(
             f"{len(bad)} unreadable or truncated image(s): {'; '.join(bad[:3])}{more}; replace or delete "
             "them (or set data.source.check_images: false to skip this check)"
         )
@@ -90,7 +91,7 @@ def check_image_files(files: list[Path]) -> None:
 def _scan_split(domain_dir: Path, split: str, classes: list[str] | None) -> tuple[list[str], list[Path], list[int]]:
     split_dir = domain_dir / split
     if not split_dir.is_dir():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"missing folder '{split_dir}': expected the layout <root>/<domain>/{{train,test}}/<class>/<images>"
         )
     folders = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
@@ -106,7 +107,7 @@ def _scan_split(domain_dir: Path, split: str, classes: list[str] | None) -> tupl
         files += found
         labels += [label] * len(found)
     if empty:
-        raise ValueError(
+        raise DataError(
             f"class folder(s) with no images ({', '.join(sorted(IMAGE_SUFFIXES))}): {', '.join(empty)}; a class "
             "needs training images: add some, or remove the folder"
         )
@@ -138,7 +139,7 @@ class FolderTasks:
         check_images: bool = True,
     ) -> None:
         if not domains:
-            raise ValueError("data.source.domains is empty; list the domain folders in task order")
+            raise ConfigError("data.source.domains is empty; list the domain folders in task order")
         self.domains = list(domains)
         self.root = root
         self.templates = dict(templates or {})
@@ -153,7 +154,7 @@ class FolderTasks:
     def build(self) -> list[Task]:
         root = resolve_root(self.root)
         if not root.is_dir():
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"data.source.root '{root}' is not a folder; point it (or MORAM_DATA) at the folder holding "
                 "<domain>/{train,test}/<class>/<images>"
             )
@@ -162,7 +163,7 @@ class FolderTasks:
         for domain in self.domains:
             domain_dir = root / domain
             if not domain_dir.is_dir():
-                raise FileNotFoundError(
+                raise DataNotFoundError(
                     f"domain '{domain}' not found: no folder '{domain_dir}' (data root '{root}'); expected "
                     "<root>/<domain>/{train,test}/<class>/<images>"
                 )

@@ -23,6 +23,7 @@ import random
 from collections.abc import Callable
 
 from moram.data.text import TextDataset, TextTask
+from moram.errors import ConfigError, DataError
 
 Digits = list[int]
 
@@ -68,7 +69,7 @@ def split_name(task: str) -> tuple[str, str]:
         return task.removesuffix(" letters"), "letters"
     if task in TASKS:
         return task, "digits"
-    raise ValueError(
+    raise ConfigError(
         f"unknown generated task {task!r}; known: {sorted(TASKS)}, each also as '<name> letters' (symbols a..j)"
     )
 
@@ -98,12 +99,12 @@ def generate_examples(
     """
     split_name(task)
     if not 2 <= min_len <= max_len:
-        raise ValueError(f"need 2 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
+        raise ConfigError(f"need 2 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
     if n_train < 0 or n_test < 0:
-        raise ValueError(f"example counts must be >= 0, got train {n_train}, test {n_test}")
+        raise ConfigError(f"example counts must be >= 0, got train {n_train}, test {n_test}")
     available = sum(10**n for n in range(min_len, max_len + 1))
     if n_test > available // 2:
-        raise ValueError(f"{n_test} test examples of length {min_len}..{max_len} leave too few inputs to train on")
+        raise DataError(f"{n_test} test examples of length {min_len}..{max_len} leave too few inputs to train on")
     rng = random.Random(f"{seed}:{task}")
 
     def draw() -> tuple[int, ...]:
@@ -153,13 +154,13 @@ class GeneratedTextTasks:
         names = list(CONTINUAL if tasks is None else tasks)
         unknown = [t for t in names if t not in TASKS and t.removesuffix(" letters") not in TASKS]
         if unknown or not names:
-            raise ValueError(f"data.source.tasks: unknown or no task names {unknown}; known: {sorted(TASKS)}")
+            raise ConfigError(f"data.source.tasks: unknown or no task names {unknown}; known: {sorted(TASKS)}")
         if len(set(names)) != len(names):
-            raise ValueError(f"data.source.tasks repeats a task: {names}")
+            raise ConfigError(f"data.source.tasks repeats a task: {names}")
         if train_size < 1 or test_size < 1:
-            raise ValueError(f"train_size and test_size must be >= 1, got {train_size}, {test_size}")
+            raise ConfigError(f"train_size and test_size must be >= 1, got {train_size}, {test_size}")
         if not 2 <= min_len <= max_len:
-            raise ValueError(f"need 2 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
+            raise ConfigError(f"need 2 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
         self.tasks, self.train_size, self.test_size = names, train_size, test_size
         self.min_len, self.max_len, self.seed = min_len, max_len, seed
 

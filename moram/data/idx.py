@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moram.errors import ConfigError, DataError, DataNotFoundError
+
 # IDX dtype code -> big-endian numpy dtype.
 IDX_DTYPES: dict[int, str] = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -53,7 +55,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the suffix
         raw = gzip.decompress(raw)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
-        raise ValueError(
+        raise DataError(
             f"{path}: not an IDX file (magic number {raw[:4].hex() or 'missing'}; expected 0000<dtype><ndim> "
             f"with dtype code one of {[hex(c) for c in IDX_DTYPES]})"
         )
@@ -61,12 +63,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX file (header declares {ndim} dims but the file has {len(raw)} bytes)")
+        raise DataError(f"{path}: truncated IDX file (header declares {ndim} dims but the file has {len(raw)} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
         kind = "truncated" if len(raw) - header < expected else "oversized"
-        raise ValueError(
+        raise DataError(
             f"{path}: {kind} IDX file: dims {shape} of {dtype.name} need {expected} data bytes, "
             f"found {len(raw) - header}"
         )
@@ -82,7 +84,7 @@ def _find_file(root: Path, stem: str, dataset: str, torchvision_dir: str) -> Pat
                 return folder / name
     expected = ", ".join(f"{s}[.gz]" for pair in _SPLIT_STEMS.values() for s in pair)
     where = "does not exist" if not root.exists() else f"has no {stem}[.gz] (nor {folders[1]})"
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"{dataset} not found: {root} {where}. Expected the IDX files {expected} in that folder. "
         f"To get them, {_HOW_TO_GET[dataset]}."
     )
@@ -90,18 +92,18 @@ def _find_file(root: Path, stem: str, dataset: str, torchvision_dir: str) -> Pat
 
 def _load_split(root: str | Path, split: str, dataset: str, torchvision_dir: str) -> tuple[np.ndarray, np.ndarray]:
     if split not in _SPLIT_STEMS:
-        raise ValueError(f"{dataset} split must be one of {sorted(_SPLIT_STEMS)}, got {split!r}")
+        raise ConfigError(f"{dataset} split must be one of {sorted(_SPLIT_STEMS)}, got {split!r}")
     image_stem, label_stem = _SPLIT_STEMS[split]
     root = Path(root)
     image_file = _find_file(root, image_stem, dataset, torchvision_dir)
     label_file = _find_file(root, label_stem, dataset, torchvision_dir)
     images, labels = read_idx(image_file), read_idx(label_file)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{image_file}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
+        raise DataError(f"{image_file}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
     if labels.ndim != 1:
-        raise ValueError(f"{label_file}: expected 1-D labels, got shape {labels.shape}")
+        raise DataError(f"{label_file}: expected 1-D labels, got shape {labels.shape}")
     if len(images) != len(labels):
-        raise ValueError(
+        raise DataError(
             f"{dataset} {split}: {len(images)} images in {image_file} but {len(labels)} labels in {label_file}"
         )
     return images, labels.astype(np.int64)

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from moram.errors import ConfigError, DataError
+
 
 def mix_seed(seed: int, *keys: int | str) -> int:
     """A 63-bit seed derived from ``seed`` and ``keys`` (stable across runs, platforms and ranks)."""
@@ -33,7 +35,7 @@ def mix_seed(seed: int, *keys: int | str) -> int:
 def task_index_stream(num_samples: int, total: int, seed: int, task: int) -> torch.Tensor:
     """The first ``total`` indices of the task's global stream (concatenated seeded permutations)."""
     if num_samples < 1:
-        raise ValueError(f"task {task} has no training samples to draw from")
+        raise DataError(f"task {task} has no training samples to draw from")
     cycles = math.ceil(total / num_samples)
     perms = [
         torch.randperm(num_samples, generator=torch.Generator().manual_seed(mix_seed(seed, task, c)))
@@ -66,9 +68,9 @@ class TaskBatchSampler(Sampler[list[int]]):
         world_size: int = 1,
     ) -> None:
         if batch_size < 1 or steps < 1:
-            raise ValueError(f"data.batch_size ({batch_size}) and data.steps_per_task ({steps}) must be positive")
+            raise ConfigError(f"data.batch_size ({batch_size}) and data.steps_per_task ({steps}) must be positive")
         if batch_size % world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"data.batch_size ({batch_size}) is the global batch and must be divisible by the number of "
                 f"processes ({world_size}); choose a multiple of {world_size}"
             )

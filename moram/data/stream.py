@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from moram.data.sampler import ContiguousShardSampler, TaskBatchSampler, TaskLoader, loader_generator, mix_seed
 from moram.data.tasks import Task, TaskSource, check_tasks
+from moram.errors import ConfigError
 
 SHOTS_FILE = "shot_indices.json"
 
@@ -41,14 +42,14 @@ def _schedule(option: str, value: Any, integer: bool) -> list[Any]:
     kind = "integer" if integer else "number"
     bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0]
     if not values or bad or (integer and any(not isinstance(v, int) for v in values)):
-        raise ValueError(f"data.{option} must be a positive {kind} or a list of them (one per task), got {value}")
+        raise ConfigError(f"data.{option} must be a positive {kind} or a list of them (one per task), got {value}")
     return values
 
 
 def select_shots(task: Task, shots: int, seed: int, task_index: int) -> list[int]:
     """``shots`` training indices per class of ``task``, drawn with a generator seeded by (seed, task)."""
     if not getattr(task, "classnames", None):
-        raise ValueError(
+        raise ConfigError(
             f"data.shots draws samples per class, but task {task.name!r} has no classes (a text task); "
             "leave data.shots unset and size text tasks with the source's own options (e.g. max_train)"
         )
@@ -58,7 +59,7 @@ def select_shots(task: Task, shots: int, seed: int, task_index: int) -> list[int
     for c, name in enumerate(task.classnames):
         members = (labels == c).nonzero().flatten()
         if len(members) < shots:
-            raise ValueError(
+            raise ConfigError(
                 f"task {task.name!r}: class {name!r} has {len(members)} training samples but data.shots is "
                 f"{shots}; lower data.shots or leave it unset to train on every sample"
             )
@@ -101,22 +102,22 @@ class TaskStreamDataModule(LightningDataModule):
         super().__init__()
         for option, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
-                raise ValueError(f"data.{option} must be a positive integer, got {value}")
+                raise ConfigError(f"data.{option} must be a positive integer, got {value}")
         steps = _schedule("steps_per_task", steps_per_task, integer=True)
         epochs = None if epochs_per_task is None else _schedule("epochs_per_task", epochs_per_task, integer=False)
         if shots is not None and shots < 1:
-            raise ValueError(f"data.shots must be a positive integer or null (all samples), got {shots}")
+            raise ConfigError(f"data.shots must be a positive integer or null (all samples), got {shots}")
         if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.source = source
         self.batch_size, self.eval_batch_size, self.steps_per_task = batch_size, eval_batch_size, steps_per_task
         self.shots, self.seed, self.num_workers = shots, seed, num_workers
         self._num_tasks = int(source.num_tasks)
         if self._num_tasks < 1:
-            raise ValueError(f"data.source announces {self._num_tasks} tasks; it must give at least one")
+            raise ConfigError(f"data.source announces {self._num_tasks} tasks; it must give at least one")
         for option, values in (("steps_per_task", steps), ("epochs_per_task", epochs)):
             if values is not None and len(values) not in (1, self._num_tasks):
-                raise ValueError(
+                raise ConfigError(
                     f"data.{option} lists {len(values)} values but the stream has {self._num_tasks} tasks; "
                     "give one number or one per task"
                 )
@@ -180,7 +181,7 @@ class TaskStreamDataModule(LightningDataModule):
         rank, world = self._rank_and_world()
         reload = getattr(self.trainer, "reload_dataloaders_every_n_epochs", 1)  # set by Lightning's data connector
         if reload != 1:
-            raise ValueError(
+            raise ConfigError(
                 "TaskStreamDataModule serves one task per epoch: set trainer.reload_dataloaders_every_n_epochs=1 "
                 f"(it is {reload})"
             )
@@ -211,7 +212,7 @@ class TaskStreamDataModule(LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("task_names")
         if saved is not None and list(saved) != self.task_names:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint was written for the tasks {list(saved)} but data.source now gives "
                 f"{self.task_names}; resume with the same data.source options or start a new run"
             )

@@ -7,6 +7,7 @@ import torch
 from moram.data.sampler import mix_seed
 from moram.data.tasks import Task
 from moram.data.transforms import ImageTensorDataset
+from moram.errors import ConfigError
 
 
 class SyntheticTasks:
@@ -40,7 +41,7 @@ class SyntheticTasks:
             ("image_size", image_size),
         ):
             if value < 1:
-                raise ValueError(f"data.source.{option} must be a positive integer, got {value}")
+                raise ConfigError(f"data.source.{option} must be a positive integer, got {value}")
         self._num_tasks, self.classes_per_task = num_tasks, classes_per_task
         self.samples_per_class, self.image_size, self.seed = samples_per_class, image_size, seed
 

@@ -16,6 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch.utils.data import Dataset
 
+from moram.errors import DataError
+
 
 @dataclass
 class Task:
@@ -49,14 +51,14 @@ class Task:
     def check(self) -> Task:
         """Raise ``ValueError`` naming the task if it cannot be trained or evaluated; return ``self``."""
         if not self.classnames:
-            raise ValueError(f"task {self.name!r} has no class names; its source must give at least one")
+            raise DataError(f"task {self.name!r} has no class names; its source must give at least one")
         if "{}" not in self.template:
-            raise ValueError(f"task {self.name!r}: template {self.template!r} has no '{{}}' slot for the class name")
+            raise DataError(f"task {self.name!r}: template {self.template!r} has no '{{}}' slot for the class name")
         for split in ("train", "test"):
             data = getattr(self, split)
             if _size(data) == 0:
                 what = "training" if split == "train" else "test"
-                raise ValueError(
+                raise DataError(
                     f"task {self.name!r} has no {what} samples; check the source's options "
                     "(class selection, split fractions, few-shot counts) and the data files"
                 )
@@ -64,7 +66,7 @@ class Task:
             if isinstance(labels, torch.Tensor) and labels.numel():
                 low, high = int(labels.min()), int(labels.max())
                 if low < 0 or high >= len(self.classnames):
-                    raise ValueError(
+                    raise DataError(
                         f"task {self.name!r}: {split} labels span {low}..{high} but the task has "
                         f"{len(self.classnames)} class names; labels must index the task's own classes"
                     )
@@ -111,9 +113,9 @@ def check_tasks(tasks: Sequence[TaskLike], expected: int | None = None) -> list[
     names = [t.name for t in tasks]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"task names must be unique; repeated: {duplicates}")
+        raise DataError(f"task names must be unique; repeated: {duplicates}")
     if expected is not None and len(tasks) != expected:
-        raise ValueError(f"the task source announced {expected} tasks (num_tasks) but built {len(tasks)}")
+        raise DataError(f"the task source announced {expected} tasks (num_tasks) but built {len(tasks)}")
     if not tasks:
-        raise ValueError("the task source built no tasks")
+        raise DataError("the task source built no tasks")
     return list(tasks)

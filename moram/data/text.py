@@ -15,6 +15,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from moram.errors import ConfigError, DataError
+
 #: Per-task scores a text task may name (see :mod:`moram.backbones.lm.metrics`).
 TEXT_METRICS = ("accuracy", "choice_accuracy", "exact_match", "rouge_l", "edit_similarity", "sari")
 
@@ -38,7 +40,7 @@ class TextDataset(Dataset):
         for i, example in enumerate(examples):
             for field in ("prompt", "answer"):
                 if not isinstance(example.get(field), str):
-                    raise ValueError(
+                    raise DataError(
                         f"{origin}: example {i} has no string {field!r} field (it has {sorted(example)}); "
                         "every example needs 'prompt' and 'answer' strings"
                     )
@@ -84,18 +86,18 @@ class TextTask:
     def check(self) -> TextTask:
         """Raise ``ValueError`` naming the task if it cannot be trained or evaluated; return ``self``."""
         if self.metric not in TEXT_METRICS:
-            raise ValueError(f"task {self.name!r}: metric {self.metric!r} is not one of {list(TEXT_METRICS)}")
+            raise DataError(f"task {self.name!r}: metric {self.metric!r} is not one of {list(TEXT_METRICS)}")
         for split in ("train", "test"):
             data = getattr(self, split)
             if len(data) == 0:
                 origin = getattr(data, "origin", None)
                 where = f" ({origin})" if origin else ""
-                raise ValueError(
+                raise DataError(
                     f"task {self.name!r} has no {'training' if split == 'train' else 'test'} examples{where}; "
                     "check the data files and the source's size options"
                 )
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"task {self.name!r}: max_new_tokens must be positive, got {self.max_new_tokens}")
+            raise ConfigError(f"task {self.name!r}: max_new_tokens must be positive, got {self.max_new_tokens}")
         if self.max_length is not None and self.max_length < 2:
-            raise ValueError(f"task {self.name!r}: max_length must be at least 2, got {self.max_length}")
+            raise ConfigError(f"task {self.name!r}: max_length must be at least 2, got {self.max_length}")
         return self

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from moram.errors import ConfigError
+
 TrainTransform = Literal["clip_train", "eval"]
 """How training images are preprocessed: open_clip's training preprocessing, or the evaluation transform."""
 
@@ -28,7 +30,7 @@ def _channels_first(x: Tensor) -> Tensor:
             return x
         if x.shape[-1] in (1, 3):
             return x.permute(0, 3, 1, 2)  # (N, C, H, W)
-    raise ValueError(
+    raise ConfigError(
         f"images must be (N, H, W) grayscale or (N, H, W, 3) / (N, 3, H, W) RGB; got shape {tuple(x.shape)}"
     )
 
@@ -62,7 +64,7 @@ def to_clip_images(
     if max_value is None:
         max_value = 1.0 if x.is_floating_point() else 255.0
     if image_size < 1:
-        raise ValueError(f"image_size must be positive, got {image_size}")
+        raise ConfigError(f"image_size must be positive, got {image_size}")
     x = _channels_first(x.to(torch.float32) / float(max_value))
     if x.shape[-2:] != (image_size, image_size):
         shrink = x.shape[-2] > image_size or x.shape[-1] > image_size
@@ -154,7 +156,9 @@ def use_train_transform(dataset: Dataset, transform: Callable[[Any], Tensor]) ->
     The dataset must be a training set only (its ``transform`` attribute is replaced in place).
     """
     if not hasattr(dataset, "transform"):
-        raise TypeError(f"{type(dataset).__name__} has no transform to replace; use data.source.train_transform: eval")
+        raise ConfigError(
+            f"{type(dataset).__name__} has no transform to replace; use data.source.train_transform: eval"
+        )
     dataset.transform = transform
 
 

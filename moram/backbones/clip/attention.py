@@ -113,7 +113,7 @@ class SplitAttention(nn.Module):
             mha.embed_dim, mha.num_heads, kdim=mha.kdim, vdim=mha.vdim, qkv_bias=mha.in_proj_bias is not None,
             dropout=mha.dropout, batch_first=mha.batch_first, mha_api=True, device="meta",
         )
-        if mha._qkv_same_embed_dim:
+        if mha.in_proj_weight is not None:  # q, k, v of the same size, packed (torch's public attribute)
             weights = mha.in_proj_weight.chunk(3)  # 3 × (E, E), q, k, v
         else:  # kdim/vdim != embed_dim: already three tensors
             weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
@@ -154,7 +154,7 @@ class SplitAttention(nn.Module):
         b: list[Tensor] = [self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]
         bias = None if self.q_proj.bias is None else _param(torch.cat(b))  # (3E,)
         packed = self._packed_shell()
-        if getattr(packed, "_qkv_same_embed_dim", True):
+        if getattr(packed, "in_proj_weight", None) is not None:  # packed q, k, v (else kdim/vdim differ)
             packed.in_proj_weight = _param(torch.cat(w))  # (3E, E)
         else:
             packed.q_proj_weight, packed.k_proj_weight, packed.v_proj_weight = (_param(t) for t in w)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moram.backbones.base import Backbone, EvalScores, StepLoss
+from moram.errors import ConfigError
 
 if TYPE_CHECKING:
     from moram.module import ContinualModule
@@ -91,10 +92,10 @@ class CLIPBackbone(Backbone):
         from moram.backbones.clip.build import resolve_checkpointing
 
         if (model_config is None) == (model_name is None):
-            raise ValueError("set exactly one of model.backbone.model_config (a moram/JSON config) and "
+            raise ConfigError("set exactly one of model.backbone.model_config (a moram/JSON config) and "
                              "model.backbone.model_name (an open_clip name)")
         if protocol not in _VIEW_PREFIX:
-            raise ValueError(f"model.backbone.protocol must be 'task_aware' or 'task_agnostic', got {protocol!r}")
+            raise ConfigError(f"model.backbone.protocol must be 'task_aware' or 'task_agnostic', got {protocol!r}")
         self.model_config, self.model_name, self.pretrained = model_config, model_name, pretrained
         self.towers = list(towers or ["image", "text"])
         self.layers = list(layers or ["attn", "mlp"])
@@ -102,7 +103,7 @@ class CLIPBackbone(Backbone):
         self.checkpointing = resolve_checkpointing(checkpointing)
         if prompt_chunk is not None and (isinstance(prompt_chunk, bool) or not isinstance(prompt_chunk, int)
                                          or prompt_chunk < 1):
-            raise ValueError(f"model.backbone.prompt_chunk must be a positive integer or null, got {prompt_chunk!r}")
+            raise ConfigError(f"model.backbone.prompt_chunk must be a positive integer or null, got {prompt_chunk!r}")
         self.prompt_chunk = prompt_chunk
         self.primary_view = protocol
         self.tokenizer: Any = None
@@ -134,7 +135,7 @@ class CLIPBackbone(Backbone):
             from moram.backbones.clip.tiny import load_tiny_clip
 
             if self.model_config != "moram-tiny-minilm":
-                raise ValueError(
+                raise ConfigError(
                     "model.backbone.pretrained='packaged' means the weights moram ships for model_config "
                     f"'moram-tiny-minilm', not {self.model_config!r}; give a tag or a file instead"
                 )

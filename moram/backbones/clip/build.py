@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from moram.errors import ConfigError, DataNotFoundError
+
 if TYPE_CHECKING:
     from moram.adapters.method import MethodConfig
     from moram.atoms import AtomConfig
@@ -46,7 +48,7 @@ def load_model_config(name_or_path: str | Path | dict[str, Any]) -> dict[str, An
             path = MODEL_DIR / f"{name_or_path}.json"
         if not path.is_file():
             shipped = sorted(p.stem for p in MODEL_DIR.glob("*.json"))
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"model config '{name_or_path}' not found (looked for '{path}'); give a JSON file or one of {shipped}"
             )
         cfg = json.loads(path.read_text())
@@ -95,7 +97,7 @@ _PATTERNS = {
 
 def _check_choice(option: str, values: Sequence[str], valid: tuple[str, ...]) -> None:
     if isinstance(values, str) or not values or any(v not in valid for v in values):
-        raise ValueError(f"{option} must be a non-empty list of values from {list(valid)}, got {values!r}")
+        raise ConfigError(f"{option} must be a non-empty list of values from {list(valid)}, got {values!r}")
 
 
 def clip_targets(towers: Sequence[str] = TOWERS, layers: Sequence[str] = LAYERS) -> list[str]:
@@ -149,7 +151,7 @@ def resolve_checkpointing(value: bool | Sequence[str] | None) -> list[str]:
     if value is True:
         return list(TOWERS)
     if isinstance(value, str) or not isinstance(value, Sequence) or any(v not in TOWERS for v in value):
-        raise ValueError(
+        raise ConfigError(
             "model.backbone.checkpointing must be true, false or a list of towers from "
             f"{list(TOWERS)}, got {value!r}"
         )
@@ -167,7 +169,7 @@ def set_checkpointing(model: nn.Module, towers: Sequence[str]) -> None:
     towers = resolve_checkpointing(list(towers))
     visual: Any = getattr(model, "visual", None)
     if "image" in towers and not hasattr(getattr(visual, "transformer", None), "grad_checkpointing"):
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.checkpointing: the image tower ({type(visual).__name__}) is not a transformer "
             "with per-block checkpointing; checkpoint the text tower only"
         )
@@ -189,7 +191,7 @@ def set_checkpointing(model: nn.Module, towers: Sequence[str]) -> None:
     blocks = getattr(text, "transformer", None) if text is not None else getattr(model, "transformer", None)
     if not hasattr(blocks, "grad_checkpointing"):
         if "text" in towers:
-            raise ValueError(
+            raise ConfigError(
                 f"model.backbone.checkpointing: no text transformer with per-block checkpointing in "
                 f"{type(model).__name__}; checkpoint the image tower only"
             )
@@ -208,13 +210,13 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(
+            raise ConfigError(
                 f"model.backbone.pretrained='{path}' could not be read as a torch state dict: {err}"
             ) from err
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.pretrained='{path}' holds a {type(state).__name__}, not a state dict of tensors"
         )
     if state and all(k.startswith("module.") for k in state):  # saved from a DDP-wrapped model
@@ -241,7 +243,7 @@ def _load_strict(model: nn.Module, state: dict[str, Tensor], source: str) -> Non
         hint = ""
         if any(isinstance(m, SplitAttention | AtomLinear) for m in model.modules()):
             hint = "; load pretrained weights before convert_attention / prepare_clip change the model's layout"
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.pretrained='{source}' does not fit {type(model).__name__}: "
             f"{'; '.join(p for p in parts if p)}{hint}"
         )
@@ -254,14 +256,14 @@ def _download_tag(tag: str, model_name: str | None) -> tuple[str, dict[str, Any]
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
     if model_name is None:
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.pretrained='{tag}' is neither an existing file nor usable as an open_clip tag: tags need "
             "model.backbone.model_name (an open_clip model name such as 'ViT-B-16'); for a model built from a config, "
             "pass the path of a weights file"
         )
     cfg = get_pretrained_cfg(model_name, tag)
     if not cfg:
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.pretrained='{tag}' is not a file and not a pretrained tag of '{model_name}'; "
             f"its tags are {open_clip.list_pretrained_tags_by_model(model_name)}"
         )
@@ -283,7 +285,7 @@ def _resolve(pretrained: str, model_name: str | None) -> tuple[Path, dict[str, A
     if path.is_file():
         return path, None
     if path.suffix in {".safetensors", ".pt", ".pth", ".bin", ".ckpt"} or "/" in pretrained:
-        raise FileNotFoundError(f"model.backbone.pretrained='{pretrained}': no such file")
+        raise DataNotFoundError(f"model.backbone.pretrained='{pretrained}': no such file")
     file, cfg = _download_tag(pretrained, model_name)
     return Path(file), cfg
 
@@ -305,7 +307,7 @@ def _load_resolved(model: nn.Module, pretrained: str, file: Path, tag_cfg: dict[
     try:  # open_clip's loader converts the formats its tags are published in
         open_clip.load_checkpoint(model, str(file), strict=True)
     except RuntimeError as err:
-        raise ValueError(f"model.backbone.pretrained='{pretrained}' ({file}) does not fit the model: {err}") from err
+        raise ConfigError(f"model.backbone.pretrained='{pretrained}' ({file}) does not fit the model: {err}") from err
 
 
 def load_pretrained(model: nn.Module, pretrained: str, model_name: str | None = None) -> str:
@@ -345,13 +347,13 @@ def build_clip(
     import open_clip
 
     if (model_name is None) == (model_config is None):
-        raise ValueError(
+        raise ConfigError(
             "give exactly one of model.backbone.model_name (an open_clip name such as 'ViT-B-16') and "
             "model.backbone.model_config "
             f"(a moram config name, JSON file or dict); got model_name={model_name!r}, model_config={model_config!r}"
         )
     if model_name is not None and model_name not in open_clip.list_models():
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.model_name='{model_name}' is not an open_clip model; see open_clip.list_models()"
         )
     file, tag_cfg = _resolve(pretrained, model_name) if pretrained else (None, None)

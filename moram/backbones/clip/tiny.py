@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from moram.errors import ConfigError, DataError, DataNotFoundError
+
 TINY_CLIP_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny_clip"
 TINY_CLIP_WEIGHTS = TINY_CLIP_DIR / "tiny_clip.safetensors"
 TINY_CLIP_CARD = TINY_CLIP_DIR / "MODEL_CARD.md"
@@ -32,10 +34,10 @@ def card_sha256(card: str | Path, rebuild: str = _REBUILD) -> str:
     """
     card = Path(card)
     if not card.is_file():
-        raise FileNotFoundError(f"model card {card} is missing; it holds the checksum of the weights: {rebuild}")
+        raise DataNotFoundError(f"model card {card} is missing; it holds the checksum of the weights: {rebuild}")
     match = re.search(r"SHA-256\W+([0-9a-f]{64})\b", card.read_text())
     if match is None:
-        raise ValueError(f"model card {card} has no 'SHA-256' row with a 64-hex-digit checksum; {rebuild}")
+        raise DataError(f"model card {card} has no 'SHA-256' row with a 64-hex-digit checksum; {rebuild}")
     return match.group(1)
 
 
@@ -56,11 +58,11 @@ def load_tiny_clip(load_text_weights: bool = True, weights: str | Path = TINY_CL
 
     weights = Path(weights)
     if not weights.is_file():
-        raise FileNotFoundError(f"tiny CLIP weights {weights} are missing; {_REBUILD}")
+        raise DataNotFoundError(f"tiny CLIP weights {weights} are missing; {_REBUILD}")
     expected = card_sha256(weights.parent / "MODEL_CARD.md")
     actual = hashlib.sha256(weights.read_bytes()).hexdigest()
     if actual != expected:
-        raise ValueError(
+        raise DataError(
             f"tiny CLIP weights {weights} are corrupt: SHA-256 {actual} differs from {expected} in its model card; "
             f"{_REBUILD}"
         )
@@ -71,7 +73,7 @@ def load_tiny_clip(load_text_weights: bool = True, weights: str | Path = TINY_CL
     mismatched = sorted(n for n in set(state) & set(own) if state[n].shape != own[n].shape)
     absent = sorted(n for n in set(own) - set(state) if not n.startswith(FROZEN_PREFIX))
     if unknown or mismatched or absent:
-        raise ValueError(
+        raise ConfigError(
             f"tiny CLIP weights {weights} do not fit {TINY_CLIP_CONFIG}: unknown keys {unknown[:5]}, "
             f"shape mismatches {mismatched[:5]}, missing keys {absent[:5]}; {_REBUILD}"
         )

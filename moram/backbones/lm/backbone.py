@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moram.backbones.base import Backbone, EvalScores, StepLoss
+from moram.errors import ConfigError
 
 if TYPE_CHECKING:
     from moram.adapters.method import MethodConfig
@@ -60,11 +61,11 @@ class LMBackbone(Backbone):
         trust_remote_code: bool = False,
     ) -> None:
         if (model is None) == (config is None):
-            raise ValueError("set exactly one of model.backbone.model (weights) and model.backbone.config "
+            raise ConfigError("set exactly one of model.backbone.model (weights) and model.backbone.config "
                              "(random weights)")
         for option, value in (("max_length", max_length), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
             if value < 1:
-                raise ValueError(f"model.backbone.{option} must be a positive integer, got {value}")
+                raise ConfigError(f"model.backbone.{option} must be a positive integer, got {value}")
         self.model, self.config, self.tokenizer_source = model, config, tokenizer
         self.dtype, self.trust_remote_code, self.include_mlp = dtype, trust_remote_code, include_mlp
         self.max_length, self.max_new_tokens, self.num_beams = max_length, max_new_tokens, num_beams

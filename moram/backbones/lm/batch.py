@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from moram.errors import ConfigError
+
 IGNORE = -100
 
 
@@ -37,7 +39,7 @@ def pad_id(tokenizer: Any) -> int:
         return int(tokenizer.pad_token_id)
     if tokenizer.eos_token_id is not None:
         return int(tokenizer.eos_token_id)
-    raise ValueError("the tokenizer has neither a pad nor an eos token; give it one (tokenizer.pad_token = ...)")
+    raise ConfigError("the tokenizer has neither a pad nor an eos token; give it one (tokenizer.pad_token = ...)")
 
 
 def _ids(tokenizer: Any, texts: Sequence[str], special: bool) -> list[list[int]]:

@@ -50,7 +50,7 @@ from torch import nn
 
 from moram.adapters.method import MethodConfig
 from moram.atoms.config import AtomConfig
-from moram.errors import ConfigError
+from moram.errors import ConfigError, DataNotFoundError
 
 _QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
 _GATED_MLP = ["gate_proj", "up_proj", "down_proj"]
@@ -106,7 +106,7 @@ def default_lm_targets(model: nn.Module, include_mlp: bool = False) -> list[str]
     model_type = lm_model_type(model)
     if model_type not in _DEFAULTS:
         found = f"model_type '{model_type}'" if model_type else "no config.model_type"
-        raise ValueError(
+        raise ConfigError(
             f"moram has no default atom targets for {type(model).__name__} ({found}); set model.targets "
             f"to the linear layers to adapt (e.g. ['q_proj', 'v_proj']); model types with defaults: "
             f"{', '.join(SUPPORTED_MODEL_TYPES)}"
@@ -115,7 +115,7 @@ def default_lm_targets(model: nn.Module, include_mlp: bool = False) -> list[str]
     if not include_mlp:
         return list(attention)
     if mlp is None:
-        raise ValueError(
+        raise ConfigError(
             f"model_type '{model_type}' keeps its experts in fused parameters, not linear layers, so "
             "include_mlp=True cannot adapt them; use include_mlp=False or list the layers in model.targets"
         )
@@ -177,7 +177,7 @@ def load_lm(
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     if (model is None) == (config is None):
-        raise ValueError(
+        raise ConfigError(
             "set exactly one of model.backbone.model (weights: folder, hub id or 'packaged') and model.backbone.config"
         )
     torch_dtype = _dtype(dtype)
@@ -203,7 +203,7 @@ def load_lm(
         tok.pad_token = tok.eos_token
     vocab = lm.get_input_embeddings().num_embeddings
     if len(tok) > vocab:
-        raise ValueError(
+        raise ConfigError(
             f"the tokenizer has {len(tok)} tokens but the model's embedding has {vocab} rows; "
             "model.backbone.tokenizer must be the model's own tokenizer (or set the config's vocab_size)"
         )
@@ -216,7 +216,7 @@ def _dtype(dtype: str | None) -> Any:
     if dtype is None:
         return None
     if dtype not in _DTYPES:
-        raise ValueError(f"model.backbone.dtype must be one of {sorted(_DTYPES)} or null, got {dtype!r}")
+        raise ConfigError(f"model.backbone.dtype must be one of {sorted(_DTYPES)} or null, got {dtype!r}")
     return getattr(torch, _DTYPES[dtype])
 
 
@@ -224,14 +224,14 @@ def _from_pretrained(model: str, torch_dtype: Any, trust_remote_code: bool) -> n
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     if _looks_local(model) and not Path(model).expanduser().is_dir():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"model.backbone.model='{model}' is not a folder; give a folder written by save_pretrained "
             "(config.json + weights + tokenizer files), a hub id, or 'packaged'"
         )
     try:
         cfg = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.model='{model}' could not be loaded ({type(err).__name__}: {err}); without network, "
             "download it first (huggingface-cli download ...) or give a local folder"
         ) from err
@@ -248,7 +248,7 @@ def _config_from(config: str | dict[str, Any] | None) -> Any:
     if isinstance(config, str):
         path = Path(config).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"model.backbone.config='{config}' is not a file; give a config.json path or a dict"
             )
         values = json.loads(path.read_text())
@@ -256,18 +256,18 @@ def _config_from(config: str | dict[str, Any] | None) -> Any:
         values = dict(config or {})
     model_type = values.pop("model_type", None)
     if not model_type:
-        raise ValueError("model.backbone.config needs a 'model_type' (e.g. 'llama', 'gpt2', 't5')")
+        raise ConfigError("model.backbone.config needs a 'model_type' (e.g. 'llama', 'gpt2', 't5')")
     try:
         return AutoConfig.for_model(model_type, **values)
     except ValueError as err:
-        raise ValueError(f"model.backbone.config: {err}") from err
+        raise ConfigError(f"model.backbone.config: {err}") from err
 
 
 def _load_tokenizer(name: str | None, trust_remote_code: bool) -> Any:
     from transformers import AutoTokenizer
 
     if name is None:
-        raise ValueError(
+        raise ConfigError(
             "model.backbone.config builds random weights: set model.backbone.tokenizer (a folder, hub id or 'char')"
         )
     if name == "char":
@@ -275,10 +275,10 @@ def _load_tokenizer(name: str | None, trust_remote_code: bool) -> Any:
 
         return char_tokenizer()
     if _looks_local(name) and not Path(name).expanduser().is_dir():
-        raise FileNotFoundError(f"model.backbone.tokenizer='{name}' is not a folder with tokenizer files")
+        raise DataNotFoundError(f"model.backbone.tokenizer='{name}' is not a folder with tokenizer files")
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.tokenizer='{name}' could not be loaded ({type(err).__name__}: {err})"
         ) from err

@@ -78,6 +78,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from difflib import SequenceMatcher
 
+from moram.errors import ConfigError, DataError
+
 Reference = str | Sequence[str]
 
 _PUNCTUATION = frozenset(string.punctuation)
@@ -325,13 +327,13 @@ def example_scores(
         [85.7143]
     """
     if metric not in METRICS:
-        raise ValueError(f"unknown text metric {metric!r}; valid metrics: {list(METRICS)}")
+        raise ConfigError(f"unknown text metric {metric!r}; valid metrics: {list(METRICS)}")
     if len(predictions) != len(references):
         raise ValueError(f"{metric}: {len(predictions)} predictions but {len(references)} references")
     reference_lists = [_as_list(r) for r in references]
     empty = [i for i, r in enumerate(reference_lists) if not r]
     if empty:
-        raise ValueError(f"{metric}: example {empty[0]} has an empty list of references")
+        raise DataError(f"{metric}: example {empty[0]} has an empty list of references")
     if metric == "sari":
         if sources is None:
             raise ValueError("sari needs the source of every example (sources=...); TRACE uses the prompt")
@@ -356,5 +358,5 @@ def corpus_score(
     """
     scores = example_scores(metric, predictions, references, sources)
     if not scores:
-        raise ValueError(f"{metric}: no examples to score")
+        raise DataError(f"{metric}: no examples to score")
     return sum(scores) / len(scores)

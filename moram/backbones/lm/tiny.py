@@ -23,6 +23,8 @@ import string
 from pathlib import Path
 from typing import Any
 
+from moram.errors import ConfigError, DataError, DataNotFoundError
+
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 #: Default alphabet: digits, lower-case letters, space and a little punctuation (ids follow this order).
 DEFAULT_ALPHABET = string.digits + string.ascii_lowercase + " :=,.-+>?"
@@ -53,13 +55,13 @@ def char_tokenizer(alphabet: str | None = None) -> Any:
 
     alphabet = DEFAULT_ALPHABET if alphabet is None else alphabet
     if not alphabet:
-        raise ValueError("char_tokenizer: the alphabet is empty")
+        raise ConfigError("char_tokenizer: the alphabet is empty")
     repeated = sorted({c for c in alphabet if alphabet.count(c) > 1})
     if repeated:
-        raise ValueError(f"char_tokenizer: the alphabet repeats {repeated}; every character must appear once")
+        raise ConfigError(f"char_tokenizer: the alphabet repeats {repeated}; every character must appear once")
     clash = [t for t in SPECIAL_TOKENS if t in alphabet]
     if clash:
-        raise ValueError(f"char_tokenizer: the alphabet must not contain the special tokens {clash}")
+        raise ConfigError(f"char_tokenizer: the alphabet must not contain the special tokens {clash}")
     vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *alphabet])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     # every character is its own "word" (newlines included), so WordLevel maps it to one id
@@ -144,12 +146,12 @@ def load_tiny_lm(path: str | Path | None = None, check: bool = True) -> tuple[An
     folder = Path(path) if path is not None else TINY_LM_DIR
     weights = folder / "model.safetensors"
     if not weights.is_file():
-        raise FileNotFoundError(f"tiny LM weights {weights} are missing; {_REBUILD}")
+        raise DataNotFoundError(f"tiny LM weights {weights} are missing; {_REBUILD}")
     if check:
         expected = card_sha256(folder / "README.md")
         actual = hashlib.sha256(weights.read_bytes()).hexdigest()
         if actual != expected:
-            raise ValueError(
+            raise DataError(
                 f"tiny LM weights {weights} are corrupt: SHA-256 {actual} differs from {expected} in its model card; "
                 f"{_REBUILD}"
             )

@@ -8,13 +8,14 @@ from typing import Any
 
 from moram.data.folder import ImageFileDataset
 from moram.data.tasks import Task
+from moram.errors import DataError, DataNotFoundError
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(DataNotFoundError):
     """A benchmark dataset is missing or incomplete under its root; the message says what to fetch and how."""
 
 
-class DatasetCorruptError(ValueError):
+class DatasetCorruptError(DataError):
     """A benchmark dataset's file exists but cannot be read (truncated download, wrong file)."""
 
 

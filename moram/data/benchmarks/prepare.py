@@ -23,6 +23,7 @@ from typing import Any
 
 from moram.data.benchmarks.registry import BENCHMARKS, get_benchmark
 from moram.data.folder import resolve_root
+from moram.errors import ConfigError
 
 # Calls that fetch every file a dataset's reader needs (one per torchvision archive).
 _CALLS: dict[str, list[dict[str, Any]]] = {
@@ -37,7 +38,7 @@ def download(name: str, root: Path) -> None:
 
     benchmark = get_benchmark(name)
     if benchmark.torchvision is None:
-        raise ValueError(f"torchvision has no downloader for {benchmark.title}")
+        raise ConfigError(f"torchvision has no downloader for {benchmark.title}")
     cls: Callable[..., Any] = getattr(datasets, benchmark.torchvision)
     root.mkdir(parents=True, exist_ok=True)
     for kwargs in _CALLS.get(name, [{}]):

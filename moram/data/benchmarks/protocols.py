@@ -33,6 +33,7 @@ from moram.data.transforms import (
     TrainTransform,
     use_train_transform,
 )
+from moram.errors import ConfigError
 
 XTAIL_ORDER: list[str] = [
     "fgvc_aircraft", "caltech101", "dtd", "eurosat", "flowers102",
@@ -71,13 +72,13 @@ class BenchmarkTasks:
     ) -> None:
         unknown = [d for d in datasets if d not in BENCHMARKS]
         if not datasets or unknown:
-            raise ValueError(f"{self.option} must list datasets from {sorted(BENCHMARKS)}; got unknown {unknown}")
+            raise ConfigError(f"{self.option} must list datasets from {sorted(BENCHMARKS)}; got unknown {unknown}")
         if len(set(datasets)) != len(datasets):
-            raise ValueError(f"{self.option} lists a dataset twice: {datasets}")
+            raise ConfigError(f"{self.option} lists a dataset twice: {datasets}")
         if image_size < 1:
-            raise ValueError(f"data.source.image_size must be positive, got {image_size}")
+            raise ConfigError(f"data.source.image_size must be positive, got {image_size}")
         if split not in ("official", "coop"):
-            raise ValueError(f"data.source.split must be 'official' or 'coop', got {split!r}")
+            raise ConfigError(f"data.source.split must be 'official' or 'coop', got {split!r}")
         self.datasets, self.root, self.image_size, self.split = list(datasets), root, image_size, split
         self.train_transform = _check_train_transform(train_transform)
 
@@ -96,7 +97,7 @@ class BenchmarkTasks:
 
 def _check_train_transform(value: str) -> TrainTransform:
     if value not in ("clip_train", "eval"):
-        raise ValueError(f"data.source.train_transform must be 'clip_train' or 'eval', got {value!r}")
+        raise ConfigError(f"data.source.train_transform must be 'clip_train' or 'eval', got {value!r}")
     return value  # type: ignore[return-value]
 
 
@@ -157,7 +158,7 @@ class MTILTasks(BenchmarkTasks):
         train_transform: TrainTransform = "clip_train",
     ) -> None:
         if order not in MTIL_ORDERS:
-            raise ValueError(f"data.source.order must be one of {sorted(MTIL_ORDERS)}, got {order!r}")
+            raise ConfigError(f"data.source.order must be one of {sorted(MTIL_ORDERS)}, got {order!r}")
         self.order = order
         names = list(MTIL_ORDERS[order] if datasets is None else datasets)
         super().__init__(names, root, image_size, split, train_transform)
@@ -192,9 +193,9 @@ class CIFAR100CILTasks:
         train_transform: TrainTransform = "clip_train",
     ) -> None:
         if steps < 1 or 100 % steps:
-            raise ValueError(f"data.source.steps must divide CIFAR-100's 100 classes (e.g. 10, 20, 50), got {steps}")
+            raise ConfigError(f"data.source.steps must divide CIFAR-100's 100 classes (e.g. 10, 20, 50), got {steps}")
         if image_size < 1:
-            raise ValueError(f"data.source.image_size must be positive, got {image_size}")
+            raise ConfigError(f"data.source.image_size must be positive, got {image_size}")
         self.steps, self.class_order_seed, self.root, self.image_size = steps, class_order_seed, root, image_size
         self.train_transform = _check_train_transform(train_transform)
 

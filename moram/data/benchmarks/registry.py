@@ -30,6 +30,7 @@ from moram.data.benchmarks.classnames import CLASSNAMES, TEMPLATES
 from moram.data.benchmarks.coop import COOP_SPLITS_URL, find_split_file, read_coop_split
 from moram.data.folder import resolve_root
 from moram.data.tasks import Task
+from moram.errors import ConfigError
 
 SplitChoice = Literal["official", "coop"]
 Reader = Callable[[Path, int, str], tuple[Dataset, Dataset]]
@@ -100,7 +101,7 @@ class Benchmark:
         ``root`` None reads the ``MORAM_DATA`` environment variable.
         """
         if split not in ("official", "coop"):
-            raise ValueError(f"split must be 'official' or 'coop', got {split!r}")
+            raise ConfigError(f"split must be 'official' or 'coop', got {split!r}")
         root_path = resolve_root(None if root is None else str(root))
         use_coop = self.coop_file is not None and (split == "coop" or self.read is None)
         base, how = self.locate(root_path, use_coop)
@@ -140,7 +141,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
 def get_benchmark(name: str) -> Benchmark:
     """The :class:`Benchmark` called ``name``; a ValueError listing the valid names otherwise."""
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark dataset {name!r}; valid names: {sorted(BENCHMARKS)}")
+        raise ConfigError(f"unknown benchmark dataset {name!r}; valid names: {sorted(BENCHMARKS)}")
     return BENCHMARKS[name]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from moram.data.benchmarks import DatasetCorruptError, DatasetNotFoundError
 from moram.data.folder import resolve_root
+from moram.errors import ConfigError
 
 
 def data_root(root: str | None, default_folder: str) -> Path:
@@ -113,5 +114,5 @@ def check_limits(max_train: int | None, max_test: int | None) -> None:
     """Raise ``ValueError`` for a non-positive size limit."""
     for name, value in (("max_train", max_train), ("max_test", max_test)):
         if value is not None and value < 1:
-            raise ValueError(f"data.source.{name} must be positive or null (all examples), got {value}")
+            raise ConfigError(f"data.source.{name} must be positive or null (all examples), got {value}")
 

@@ -38,6 +38,7 @@ from moram.data.text_benchmarks._io import (
     require_file,
     subsample,
 )
+from moram.errors import ConfigError, DataError
 
 LAYOUT = (
     "<root>/<task>/train.jsonl and <root>/<task>/test.jsonl, one {\"prompt\": ..., \"answer\": ...} object per "
@@ -81,17 +82,17 @@ class JsonlTasks:
         max_new_tokens: int | None = None,
     ) -> None:
         if (root is None) == (files is None):
-            raise ValueError(f"give exactly one of data.source.root or data.source.files; expected layout: {LAYOUT}")
+            raise ConfigError(f"give exactly one of data.source.root or data.source.files; expected layout: {LAYOUT}")
         for name, metric in {**(metrics or {}), "default_metric": default_metric}.items():
             if metric not in TEXT_METRICS:
-                raise ValueError(f"metric {metric!r} of {name!r} is not one of {list(TEXT_METRICS)}")
+                raise DataError(f"metric {metric!r} of {name!r} is not one of {list(TEXT_METRICS)}")
         if files is not None:
             self._check_files(files)
         if tasks is not None:
             if not tasks or len(set(tasks)) != len(tasks):
-                raise ValueError(f"data.source.tasks must be non-empty with no repeats, got {tasks}")
+                raise ConfigError(f"data.source.tasks must be non-empty with no repeats, got {tasks}")
             if files is not None and set(tasks) - set(files):
-                raise ValueError(f"data.source.tasks {sorted(set(tasks) - set(files))} are not keys of files")
+                raise ConfigError(f"data.source.tasks {sorted(set(tasks) - set(files))} are not keys of files")
         check_limits(max_train, max_test)
         self.root, self.tasks, self.files, self.metrics = root, tasks, files, dict(metrics or {})
         self.default_metric, self.max_train, self.max_test = default_metric, max_train, max_test
@@ -100,11 +101,11 @@ class JsonlTasks:
     @staticmethod
     def _check_files(files: dict[str, dict[str, Any]]) -> None:
         if not files:
-            raise ValueError("data.source.files is empty")
+            raise ConfigError("data.source.files is empty")
         for task, entry in files.items():
             keys = set(entry) if isinstance(entry, dict) else set()
             if not isinstance(entry, dict) or not {"train", "test"} <= keys or keys - {"train", "test", *_SETTINGS}:
-                raise ValueError(
+                raise ConfigError(
                     f"data.source.files[{task!r}] must be a mapping with 'train' and 'test' paths and optionally "
                     f"{list(_SETTINGS)}; got {entry!r}"
                 )
@@ -118,7 +119,7 @@ class JsonlTasks:
         root = require_dir(self.benchmark, Path(str(self.root)).expanduser(), LAYOUT)
         names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not names:
-            raise ValueError(f"{self.benchmark}: '{root}' has no task folders. Expected layout: {LAYOUT}")
+            raise DataError(f"{self.benchmark}: '{root}' has no task folders. Expected layout: {LAYOUT}")
         return names
 
     @property

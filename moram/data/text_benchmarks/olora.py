@@ -34,6 +34,7 @@ from moram.data.text_benchmarks._io import (
     string_field,
     subsample,
 )
+from moram.errors import ConfigError
 
 #: The task group (top folder of ``CL_Benchmark``) of each dataset.
 OLORA_GROUPS: dict[str, str] = {
@@ -126,9 +127,9 @@ class OLoRATasks:
     ) -> None:
         unknown = [d for d in datasets if d not in OLORA_GROUPS]
         if not datasets or unknown:
-            raise ValueError(f"datasets must be names of {sorted(OLORA_GROUPS)}; got {datasets}, unknown {unknown}")
+            raise ConfigError(f"datasets must be names of {sorted(OLORA_GROUPS)}; got {datasets}, unknown {unknown}")
         if len(set(datasets)) != len(datasets):
-            raise ValueError(f"a dataset is listed twice: {datasets}")
+            raise ConfigError(f"a dataset is listed twice: {datasets}")
         check_limits(max_train, max_test)
         self.datasets, self.root, self.max_train, self.max_test = list(datasets), root, max_train, max_test
         self.seed, self.task_prefix, self.max_new_tokens = seed, task_prefix, max_new_tokens
@@ -167,7 +168,7 @@ class OLoRATasks:
 def _ordered(orders: dict[int, list[str]], order: int) -> list[str]:
     """The datasets of ``order``; an unknown order names ``data.source.order`` and the valid ones."""
     if order not in orders:
-        raise ValueError(f"data.source.order must be one of {sorted(orders)}, got {order!r}")
+        raise ConfigError(f"data.source.order must be one of {sorted(orders)}, got {order!r}")
     return orders[order]
 
 

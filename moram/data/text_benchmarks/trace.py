@@ -31,6 +31,7 @@ from moram.data.text_benchmarks._io import (
     require_file,
     subsample,
 )
+from moram.errors import ConfigError
 
 #: TRACE's task order (``--dataset_name`` of its training scripts).
 TRACE_ORDER: list[str] = [
@@ -95,23 +96,23 @@ class TRACETasks:
         self.metrics = {**TRACE_METRICS, **(metrics or {})}
         bad = {task: m for task, m in self.metrics.items() if m not in TEXT_METRICS}
         if bad:
-            raise ValueError(f"data.source.metrics: {bad} not in {list(TEXT_METRICS)}")
+            raise ConfigError(f"data.source.metrics: {bad} not in {list(TEXT_METRICS)}")
         self.order = list(TRACE_ORDER if order is None else order)
         unknown = [task for task in self.order if task not in self.metrics]
         if not self.order or unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"data.source.order must list tasks of {TRACE_ORDER} (or tasks given a metric in "
                 f"data.source.metrics); got {self.order}, unknown {unknown}"
             )
         if len(set(self.order)) != len(self.order):
-            raise ValueError(f"data.source.order lists a task twice: {self.order}")
+            raise ConfigError(f"data.source.order lists a task twice: {self.order}")
         if test_split not in ("test", "eval"):
-            raise ValueError(f"data.source.test_split must be 'test' or 'eval', got {test_split!r}")
+            raise ConfigError(f"data.source.test_split must be 'test' or 'eval', got {test_split!r}")
         check_limits(max_train, max_test)
         self.max_length = dict(max_length or {})
         stray = sorted(set(self.max_length) - set(self.order))
         if stray or any(not isinstance(v, int) or v < 2 for v in self.max_length.values()):
-            raise ValueError(
+            raise ConfigError(
                 f"data.source.max_length maps tasks of data.source.order to integers >= 2; got {self.max_length}"
                 + (f" (not in the order: {stray})" if stray else "")
             )
