@@ -140,7 +140,7 @@ def routed_layer(d: int, n_atoms: int, device: str = "cpu", rank: int = RANK) ->
 
     Public API only: the current atoms are ``current_parameters()`` = [keys, values]; values get small
     random entries (trained atoms are non-zero) before each ``consolidate()``. The last task's atoms
-    stay current and are marked live by a training-mode forward, so they route at inference too.
+    stay current and are marked trained (as a training step does), so they route at inference too.
     """
     tasks = n_atoms // rank
     config = AtomConfig(rank=rank, top_k=rank, max_tasks=tasks)
@@ -152,8 +152,7 @@ def routed_layer(d: int, n_atoms: int, device: str = "cpu", rank: int = RANK) ->
             values.copy_(1e-2 * torch.randn(values.shape, generator=gen))
         if task < tasks - 1:
             layer.consolidate()
-    layer.train()
-    layer(torch.zeros(1, d, device=device))  # a training forward marks the current atoms as trained
+    layer.mark_trained()  # as a training step does: the current atoms route at inference
     assert layer.keys.shape[0] == n_atoms
     assert all(p.requires_grad for p in layer.current_parameters())
     return layer

@@ -110,7 +110,7 @@ def build_xtail(checkpointing: bool, chunk: int | None, tiny: bool = False) -> t
         backbone.tokenizer = open_clip.get_tokenizer("ViT-B-16")
     atoms = AtomConfig(rank=RANK, top_k=16, temperature=0.01, threshold=0.2, scale=1.0, dropout=0.0,
                        max_tasks=TASKS)
-    adapted = backbone.adapt(model, atoms, None)
+    adapted = backbone.adapt(model, atoms.method, max_tasks=TASKS)
     if not tiny and len(adapted) != 144:
         raise RuntimeError(f"expected 144 adapted layers, got {len(adapted)}")
     gen = torch.Generator().manual_seed(1)
@@ -131,13 +131,12 @@ def tensor_bytes(tensors: Sequence[Tensor]) -> int:
 
 
 def resident_split(model: nn.Module) -> dict[str, int]:
-    """Bytes of the frozen weights (parameters and buffers outside the banks) and of the atoms."""
+    """Bytes of the frozen weights (parameters and buffers outside the atoms) and of the atoms."""
     from moram.protocols import continual_layers
 
     atom_ids: set[int] = set()
     for _, layer in continual_layers(model):
-        bank: Any = getattr(layer, "bank", layer)
-        atom_ids.update(id(t) for t in [*bank.parameters(), *bank.buffers()])
+        atom_ids.update(id(t) for t in [*layer.parameters(recurse=False), *layer.buffers(recurse=False)])
     tensors = [*model.parameters(), *model.buffers()]
     return {"weights": tensor_bytes([t for t in tensors if id(t) not in atom_ids]),
             "atoms": tensor_bytes([t for t in tensors if id(t) in atom_ids])}

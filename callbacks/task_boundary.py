@@ -5,7 +5,7 @@ bank is consolidated until it holds ``t × rank`` frozen atoms; whenever that ha
 state of the current atoms is zeroed in place and the per-task learning-rate schedule restarts. The check runs in
 ``on_train_epoch_start`` *and* ``on_train_batch_start``: Lightning skips the former when it resumes
 from a checkpoint written at the last batch of an epoch, and consolidating only at epoch end lost a
-whole task after such a resume (DESIGN.md §4). The decision is counter-driven, hence idempotent
+whole task after such a resume (docs/design.md §4). The decision is counter-driven, hence idempotent
 and identical on every rank.
 """
 

@@ -4,7 +4,7 @@ A moram checkpoint holds the atoms (current Parameters, frozen buffers, counters
 trainable tensor, and whatever Lightning adds (optimizer, schedulers, loops, callbacks, RNG). The
 frozen backbone is *not* in it: the module rebuilds it from its source (open_clip tag, weight
 file, ``packaged`` weights, LM folder or config) before the checkpoint is restored, so a
-checkpoint grows with the atoms, not with the backbone (DESIGN.md §3).
+checkpoint grows with the atoms, not with the backbone (docs/design.md §3).
 
 Instead, ``checkpoint["moram_checkpoint"]`` records:
 

@@ -335,9 +335,12 @@ class MoramCLI(LightningCLI):
 
         See :func:`_restore_nulls`.
         """
-        if args is None or isinstance(args, (list, tuple)):
-            args = fresh_method_options(list(sys.argv[1:] if args is None else args))
-        super().parse_arguments(parser, args)
+        if args is None and fresh_method_options(sys.argv[1:]) != sys.argv[1:]:
+            self.config = parser.parse_args(fresh_method_options(sys.argv[1:]))  # what LightningCLI does with argv
+        else:
+            if isinstance(args, (list, tuple)):
+                args = fresh_method_options(list(args))
+            super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         for group in ("model", "data"):

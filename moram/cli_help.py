@@ -14,12 +14,12 @@ from typing import Any
 
 from moram.errors import ConfigError
 
-HELP_GUIDE = """moram's own options (model, atoms, method, data source) are listed by class:
+HELP_GUIDE = """moram's own options (model, method, data source) are listed by class:
   moram fit --config configs/clip_cl.yaml --print_config      every option of a run, with its value
-  moram fit --model.help moram.module.ContinualModule           the module's (backbone, method, atoms, optimiser)
+  moram fit --model.help moram.module.ContinualModule           the module's (backbone, method, targets, optimiser)
   moram fit --model.backbone.help moram.backbones.clip.CLIPBackbone   a backbone's (or moram.backbones.lm.LMBackbone)
-  moram fit --config configs/clip_cl.yaml --model.method.help    the atoms' options (AtomConfig)
-  moram fit --model.method.help moram.baselines.SequentialLoRA  a method's options
+  moram fit --model.method.help moram.atoms.MoRAMConfig         MoRAM's options (the default method)
+  moram fit --model.method.help moram.baselines.OLoRAConfig     a baseline's options
   moram fit --data.help moram.data.stream.TaskStreamDataModule  the task stream's options
   moram fit --data.source.help moram.data.folder.FolderTasks    a data source's options
 Other subcommand: moram data {prepare,check} NAME --root DIR   benchmark datasets (moram data --help)
@@ -97,6 +97,17 @@ def _nested_class(owner: type, path: list[str]) -> type:
     return cls
 
 
+def _concrete(cls: type) -> type:
+    """``cls``, or the default of an abstract option type (a method option without a class: MoRAM's config)."""
+    from moram.adapters.method import MethodConfig
+
+    if cls is MethodConfig:
+        from moram.atoms.config import MoRAMConfig
+
+        return MoRAMConfig
+    return cls
+
+
 def nested_help(args: list[str]) -> bool:
     """Print the help of a nested option's class (``--model.method.help``, ``--data.source.help CLASS``).
 
@@ -113,9 +124,12 @@ def nested_help(args: list[str]) -> bool:
         if value is None and i + 1 < len(args) and not args[i + 1].startswith("-"):
             value = args[i + 1]
         if value and "." not in value:
-            raise ConfigError(f"--{group}.{path}.help {value}: give the full class path, e.g. moram.baselines.MoELoRA")
+            raise ConfigError(
+                f"--{group}.{path}.help {value}: give the full class path, e.g. moram.baselines.MoELoRAConfig"
+            )
         cls = (import_object(value) if value else _configured_class(args, group, path.split("."))
                or _nested_class(_owner_class(args, group), path.split(".")))
+        cls = _concrete(cls)
         parser = ArgumentParser(prog=f"moram {args[0] if args else 'fit'}", description=f"Options of {cls.__name__}")
         parser.add_class_arguments(cls, f"{group}.{path}", fail_untyped=False, sub_configs=True)
         parser.print_help()

@@ -4,7 +4,7 @@ Imports torch only (Lightning's strategy subclass, ``FSDP2Strategy``, lives in
 :mod:`moram.strategies`). Sharded reads and writes go through :func:`full_value` and
 :func:`assign_full`, so layers and callbacks never touch ``DTensor`` themselves.
 
-Data parallelism (DDP, FSDP2) in moram rests on three facts (DESIGN.md §3-4):
+Data parallelism (DDP, FSDP2) in moram rests on three facts (docs/design.md §3-4):
 
 * every rank holds the same frozen atoms: consolidation is deterministic and reads sharded
   Parameters with ``full_tensor()`` (:func:`full_value`), so nothing is broadcast;
@@ -49,7 +49,7 @@ def assign_full(param: Tensor, full: Tensor) -> None:
     """Copy the full tensor ``full`` into ``param`` in place, sharding it first when ``param`` is a DTensor.
 
     ``param.data = ...`` is silently ignored by FSDP2, and ``nn.init`` on a sharded Parameter draws the
-    same rows on every rank (DESIGN.md §4), so re-initialising goes through a full tensor drawn once.
+    same rows on every rank (docs/design.md §4), so re-initialising goes through a full tensor drawn once.
     """
     mesh = getattr(param, "device_mesh", None)
     if mesh is not None:

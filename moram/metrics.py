@@ -1,9 +1,9 @@
-r"""The accuracy matrix of a continual-learning run and every metric derived from it (DESIGN.md §2).
+r"""The accuracy matrix of a continual-learning run and every metric derived from it (docs/design.md §2).
 
 Notation: tasks ``j = 1..N`` in stream order; ``R[i, j]`` is the score (percent, 0–100) on task
 ``j`` after training task ``i``, for the rows ``i = 1..T`` available so far (``T <= N``: a run in
 progress has fewer rows); ``R[0, j]``, written ``zero_shot[j]``, is the score of the model before
-any training (DESIGN.md calls it ``R[-1, j]``). All formulas use ``T`` := number of rows, so they
+any training (docs/design.md §2.1 writes it ``R[0, j]`` too). All formulas use ``T`` := number of rows, so they
 also hold on a partial matrix; where a definition needs ``R[j, j]`` it runs over the trained
 tasks ``j <= T`` only. Missing values (no row yet, the first task's Transfer, FWT without a
 zero-shot row) are ``None``, never NaN, so summaries are valid JSON.
@@ -153,7 +153,7 @@ def trace_bwt(m: AccuracyMatrix) -> float | None:
 
     ``BWT_TRACE = (1 / T) * sum_{j = 1..T} max(R[j, j] - R[T, j], 0) = -(1 / T) * sum_j min(R[T, j] - R[j, j], 0)``
 
-    DESIGN.md §2: "mean over tasks of min(R[T, j] - R[j, j], 0), reported as a positive magnitude".
+    docs/design.md §2.3 (TRACE's BWT): the mean over tasks of min(R[T, j] - R[j, j], 0), as a positive magnitude.
     Gains do not offset losses, and the mean runs over all ``T`` trained tasks, the last one
     included (its term is 0); dividing by ``T - 1`` instead would scale the value by ``T / (T - 1)``.
     """

@@ -1,6 +1,6 @@
 r"""moram's continual LightningModule: one module, composed of a backbone plugin and an adaptation method.
 
-One ``fit`` runs the whole task sequence (one epoch = one task, DESIGN.md §3). :class:`ContinualModule`
+One ``fit`` runs the whole task sequence (one epoch = one task, docs/design.md §3). :class:`ContinualModule`
 owns everything a continual run shares; a :class:`~moram.backbones.base.Backbone` provides what differs
 between kinds of models (build, default targets, loss, per-example scores, predictions):
 
@@ -35,7 +35,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from moram.adapters.method import MethodConfig, method_from_dict
-from moram.backbones.base import Backbone
+from moram.backbones.base import Backbone, TaskInfo
 from moram.errors import CheckpointError, ConfigError, NonFiniteLossError
 from moram.protocols import ContinualLayer, continual_layers, current_task, is_task_stream, score_key
 
@@ -190,8 +190,9 @@ class ContinualModule(LightningModule):
             self.max_tasks = self.resolve_max_tasks()
             self._build_rng = torch.get_rng_state()  # a backbone of random weights is rebuilt from it
             model = self.backbone.build()
-            targets = self.targets if self.targets is not None else self.backbone.default_targets(model)
-            self.adapted = self.method.inject(model, targets, max_tasks=self.max_tasks, seed=self.seed)
+            self.adapted = self.backbone.adapt(
+                model, self.method, max_tasks=self.max_tasks, targets=self.targets, seed=self.seed
+            )
             self.model = model
         if self.device_mesh is not None:
             from moram.distributed import shard_atom_model
@@ -374,6 +375,15 @@ class ContinualModule(LightningModule):
             )
         return stream
 
+    def task_info(self, index: int) -> TaskInfo:
+        """Task ``index`` of the stream as the backbone hooks receive it (index, name, the stream's spec)."""
+        stream = self.stream
+        return TaskInfo(index, stream.task_names[index], stream.tasks[index])
+
+    def task_infos(self) -> list[TaskInfo]:
+        """Every task of the stream, in order (what :meth:`Backbone.start_eval` receives)."""
+        return [self.task_info(i) for i in range(len(self.stream.tasks))]
+
     @property
     def current_task_index(self) -> int:
         """Index of the task being trained: the stream's ``current_task`` (:func:`moram.protocols.current_task`)."""
@@ -392,7 +402,7 @@ class ContinualModule(LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         if not self._trains:  # zero-shot: nothing to train, the step is skipped
             return None
-        step = self.backbone.training_loss(self, batch, self.current_task_index)
+        step = self.backbone.training_loss(self, batch, self.task_info(self.current_task_index))
         self.check_loss(step.loss, batch_idx)
         self.log("train/loss", step.logged, prog_bar=True, batch_size=step.batch_size)
         penalty = adapter_penalty(self.model)  # O-LoRA's regulariser; nothing for other methods
@@ -418,7 +428,7 @@ class ContinualModule(LightningModule):
         views = dict.fromkeys([self.backbone.primary_view, *self.backbone.views])  # the primary may be a view
         self._scores = TaskScores(tasks, list(views), self.device)
         self._records = [[] for _ in range(tasks)] if keep_records else None
-        self.backbone.start_eval(self)
+        self.backbone.start_eval(self, self.task_infos())
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval()
@@ -428,7 +438,7 @@ class ContinualModule(LightningModule):
 
     def _eval_step(self, batch: Any, task: int) -> None:
         assert self._scores is not None
-        result = self.backbone.eval_scores(self, batch, task, keep_records=self._records is not None)
+        result = self.backbone.eval_scores(self, batch, self.task_info(task), keep_records=self._records is not None)
         self._scores.update(task, result.scores)
         if self._records is not None and result.records is not None:
             self._records[task] += result.records
@@ -503,7 +513,7 @@ class ContinualModule(LightningModule):
                     f.write(json.dumps(row) + "\n")
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
-        return self.backbone.predict(self, batch, dataloader_idx)
+        return self.backbone.predict(self, batch, self.task_info(dataloader_idx))
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

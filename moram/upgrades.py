@@ -1,4 +1,4 @@
-"""Every path that reads what an older moram wrote, in one place (docs/design.md §4).
+"""Every path that reads what an older moram wrote, in one place (docs/design.md §3.8).
 
 Files and settings of earlier versions keep loading; each function here rewrites one kind of old
 content into today's form and is a no-op on current content:

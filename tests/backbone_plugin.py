@@ -31,7 +31,7 @@ class PrototypeClassifier(Backbone):
         return ["1", "3"]  # both linears
 
     def prototypes(self, host, task):  # a fixed unit vector per class name
-        names = host.stream.tasks[task].classnames
+        names = task.spec.classnames  # the hooks receive the task they work on (moram.backbones.base.TaskInfo)
         seeds = [torch.Generator().manual_seed(zlib.crc32(n.encode())) for n in names]
         rows = [torch.randn(self.width, generator=g) for g in seeds]
         return F.normalize(torch.stack(rows), dim=-1).to(host.device)

@@ -88,7 +88,7 @@ def test_rank_r_expert_scores_follow_the_documented_formula():
     x = torch.randn(5, 6)
     z = torch.einsum("erd,td->ter", layer.frozen_A.view(-1, 2, 6)[:3], x)  # (T, E, r): each expert's response A_e x
     u = z.norm(dim=-1)
-    w = normalized_topk_weights(u, top_k=2, temperature=0.5, eps=1e-6, threshold=None)  # (T, E), DESIGN.md §1
+    w = normalized_topk_weights(u, top_k=2, temperature=0.5, eps=1e-6, threshold=None)  # (T, E), docs/design.md §1
     expected = layer.base(x) + torch.einsum("te,ter,eor->to", w, z, layer.frozen_B.view(-1, 4, 2)[:3])
     torch.testing.assert_close(layer(x), expected)
 

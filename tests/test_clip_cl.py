@@ -21,7 +21,7 @@ def test_fit_writes_the_accuracy_matrix_and_grows_atoms(tmp_path, tiny_config):
     rows = [metrics["zero_shot"], *metrics["matrix"]]
     assert len(rows) == 3  # zero-shot + one row per task
     assert all(0.0 <= v <= 100.0 for row in rows for v in row)
-    # Derived metrics equal the hand-written formulas of DESIGN.md §2 on this matrix.
+    # Derived metrics equal the hand-written formulas of docs/design.md §2 on this matrix.
     r = metrics["matrix"]
     assert metrics["last"]["mean"] == pytest.approx((r[1][0] + r[1][1]) / 2)
     assert metrics["average"]["mean"] == pytest.approx(((r[0][0] + r[1][0]) / 2 + (r[0][1] + r[1][1]) / 2) / 2)

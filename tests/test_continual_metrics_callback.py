@@ -125,7 +125,7 @@ def make_trainer(tmp_path, callback, max_epochs=NUM_TASKS, sanity=-1, **kwargs) 
 
 
 def by_hand(zs: list[float], rows: list[list[float]]) -> dict[str, float]:
-    """DESIGN.md §2 written out again, independently of moram.metrics."""
+    """docs/design.md §2 written out again, independently of moram.metrics."""
     t = len(rows)
     r = lambda i, j: rows[i - 1][j - 1]  # noqa: E731 - 1-based R[i, j]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731

@@ -23,6 +23,7 @@ from moram.callbacks.task_boundary import TaskBoundaryCallback
 from moram.data.stream import TaskStreamDataModule
 from moram.data.text import TextDataset, TextTask
 from moram.module import ContinualModule
+from moram.protocols import routed_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["rotate: 1234 =", "decrement: 45 =", "sort: 9 ="]
@@ -135,7 +136,7 @@ def test_two_task_run_writes_the_matrix_with_trace_metrics(tmp_path):
     assert metrics["op"] == pytest.approx((r[1][0] + r[1][1]) / 2)  # TRACE OP: mean of the final row
     assert metrics["trace_bwt"] == pytest.approx(-min(r[1][0] - r[0][0], 0.0) / 2)  # one earlier task, of two
     # atoms grew by r per task in every adapted layer, and the per-example scores were exact-match means
-    layers = cli.model.atom_layers()
+    layers = routed_layers(cli.model.model)
     assert layers
     assert all(layer.num_frozen_atoms == 8 for _, layer in layers)
     assert all(v * 6 / 100 == pytest.approx(round(v * 6 / 100)) for row in r for v in row)
@@ -190,7 +191,7 @@ def test_bad_inputs_name_the_option(tmp_path):
 
 def test_bf16_mixed_precision_trains_the_atoms(tmp_path):
     cli, log_dir = run_lm(tmp_path, "--trainer.precision", "bf16-mixed", "--data.source.tasks", '["rotate"]')
-    layers = cli.model.atom_layers()
+    layers = routed_layers(cli.model.model)
     assert all(layer.current_values.dtype == torch.float32 for _, layer in layers)  # fp32 master weights
     assert any(layer.current_values.abs().sum() > 0 for _, layer in layers)  # and they trained
     assert (log_dir / "continual_metrics.json").exists()
@@ -198,7 +199,7 @@ def test_bf16_mixed_precision_trains_the_atoms(tmp_path):
 
 def test_a_baseline_method_runs_on_a_language_model(tmp_path):
     cli, log_dir = run_lm(tmp_path, "--model.method", "moram.baselines.SequentialLoRA", "--model.method.rank", "2")
-    assert cli.model.atom_layers() == []
+    assert routed_layers(cli.model.model) == []
     layers = cli.model.continual_layers()
     assert len(layers) == 8  # q, k, v, o of two blocks, the atoms' default targets
     assert len(json.loads((log_dir / "continual_metrics.json").read_text())["matrix"]) == 2
@@ -218,6 +219,6 @@ def test_resume_mid_task_with_atom_dropout_is_exact(tmp_path):
     full = json.loads((full_dir / "continual_metrics.json").read_text())
     resumed = json.loads((resumed_dir / "continual_metrics.json").read_text())
     assert resumed["matrix"] == full["matrix"]
-    for (_, a), (_, b) in zip(full_cli.model.atom_layers(), resumed_cli.model.atom_layers(), strict=True):
+    for (_, a), (_, b) in zip(routed_layers(full_cli.model.model), routed_layers(resumed_cli.model.model), strict=True):
         for name in ("frozen_keys", "frozen_values", "current_keys", "current_values"):
             assert torch.equal(getattr(a, name), getattr(b, name)), name

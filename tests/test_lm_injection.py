@@ -137,7 +137,7 @@ def test_injection_is_a_no_op(kind):
         torch.testing.assert_close(logits(model, inputs), ref, atol=1e-6, rtol=0)  # eval: fresh atoms left out
         model.train()
         torch.testing.assert_close(logits(model, inputs), ref, atol=1e-6, rtol=0)  # train: routed, values zero
-    logits(model, inputs)  # a training-mode forward with grad marks the current atoms as in use
+    logits(model, inputs).sum().backward()  # a gradient reaching the current atoms marks them trained
     model.eval()
     assert all(bank.uses_current for _, bank in banks(model))
     with torch.no_grad():
@@ -205,7 +205,7 @@ def test_consolidated_atoms_are_immune_to_training(kind):
 
 
 def routed_by_hand(x, keys, values, cfg: AtomConfig, training: bool) -> torch.Tensor:
-    """DESIGN.md §1 from a layer's keys (N, d_in) and values (N, d_out)."""
+    """docs/design.md §1 from a layer's keys (N, d_in) and values (N, d_out)."""
     return reference_delta(
         x, keys, values, top_k=cfg.top_k, temperature=cfg.temperature, eps=AtomLinear.eps,
         threshold=None if training else cfg.threshold, scale=cfg.scale, signed=cfg.signed_scores,
@@ -235,6 +235,7 @@ def test_gpt2_conv1d_orientation(name):
     y = layer(x)
     assert y.shape == (2, 5, d_out)
     torch.testing.assert_close(y, conv(x) + routed_by_hand(x, layer.keys, layer.values, cfg, training=True))
+    layer.mark_trained()  # as a training step does: the current atoms route at inference too
     layer.eval()
     with torch.no_grad():
         expected = conv(x) + routed_by_hand(x, layer.keys, layer.values, cfg, training=False)
@@ -289,9 +290,9 @@ def test_unknown_architecture_is_a_clear_error():
         hidden_size=32, num_hidden_layers=1, num_attention_heads=4, ffn_dim=64, vocab_size=VOCAB,
         word_embed_proj_dim=32,
     ))
-    with pytest.raises(ValueError, match=r"model_type 'opt'.*set AtomConfig\.targets"):
+    with pytest.raises(ValueError, match=r"model_type 'opt'.*set model\.targets"):
         default_lm_targets(opt)
-    with pytest.raises(ValueError, match=r"no config\.model_type.*set AtomConfig\.targets"):
+    with pytest.raises(ValueError, match=r"no config\.model_type.*set model\.targets"):
         prepare_lm(nn.Sequential(nn.Linear(4, 4)), atom_config())
     names = prepare_lm(opt, atom_config(targets=["q_proj", "v_proj"]))
     assert sorted(names) == ["model.decoder.layers.0.self_attn.q_proj", "model.decoder.layers.0.self_attn.v_proj"]

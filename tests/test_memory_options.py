@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import TINY, atoms_of, run_fit
 
-from moram import AtomConfig, routed_layers
+from moram import MoRAMConfig, routed_layers
 from moram.backbones.clip import CLIPBackbone
 from moram.backbones.clip.backbone import encode_text_chunked
 from moram.backbones.clip.loss import clip_class_loss
@@ -32,7 +32,7 @@ def _model(tmp_path, **options):
     backbone = CLIPBackbone(model_config=str(path), **options)
     torch.manual_seed(0)
     model = backbone.build()
-    backbone.adapt(model, AtomConfig(rank=2, top_k=2, max_tasks=3), None)
+    backbone.adapt(model, MoRAMConfig(rank=2, top_k=2), max_tasks=3)
     gen = torch.Generator().manual_seed(1)
     for task in range(2):
         for _, layer in continual_layers(model):
@@ -132,7 +132,7 @@ def test_hugging_face_text_tower_checkpoints_too(one_thread):
     def grads(**options):
         backbone = CLIPBackbone(model_config="moram-tiny-minilm", pretrained="packaged", **options)
         model = backbone.build()
-        backbone.adapt(model, AtomConfig(rank=2, top_k=2, max_tasks=2, targets=None), None)
+        backbone.adapt(model, MoRAMConfig(rank=2, top_k=2), max_tasks=2)
         model.train()  # BERT checkpoints in training mode only; its dropout off, so both runs are deterministic
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):

@@ -1,4 +1,4 @@
-"""The accuracy matrix and its derived metrics (DESIGN.md §2), checked against numbers worked out by hand."""
+"""The accuracy matrix and its derived metrics (docs/design.md §2), checked against numbers worked out by hand."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def test_readme_example_runs_unchanged(tmp_path, monkeypatch):
     layers = routed_layers(model)
     assert [name for name, _ in layers] == scope["config"].targets
     assert all(layer.task_index == 1 and layer.keys.shape[0] == 2 * scope["config"].rank for _, layer in layers)
-    assert (tmp_path / "my_memory" / "atoms.json").is_file()
+    assert (tmp_path / "my_memory" / "adapters.json").is_file()
     fresh = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 10))
     for index in (0, 2):  # the same frozen backbone; the memory comes from the adapter file alone
         fresh[index].load_state_dict(model[index].base.state_dict())

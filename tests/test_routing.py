@@ -32,7 +32,7 @@ def path(request, monkeypatch):
 
 
 def test_reference_by_hand():
-    """N = 3 atoms, d = 2, k = 2, one token: every step of DESIGN.md §1 with Python floats."""
+    """N = 3 atoms, d = 2, k = 2, one token: every step of docs/design.md §1 with Python floats."""
     keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)  # (N, d_in)
     values = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [3.0, -2.0]], dtype=torch.float64)  # (N, d_out)
     x = torch.tensor([2.0, -1.0], dtype=torch.float64)

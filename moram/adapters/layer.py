@@ -2,7 +2,7 @@
 
 MoRAM's :class:`~moram.atoms.linear.AtomLinear`, the baselines of :mod:`moram.baselines` and any
 layer a user adds derive from :class:`ContinualLinear`. The base holds a layer's whole lifecycle across
-tasks, once (docs/design.md §3):
+tasks, once (docs/design.md §3.2):
 
 * the frozen base layer, kept as is in ``self.base``, with ``weight``/``bias``/widths delegated to it
   (code written for the plain layer keeps working: dtype checks, weight tying);

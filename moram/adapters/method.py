@@ -7,7 +7,7 @@ they belong to the injector and to :class:`~moram.module.ContinualModule` (``mod
 ``model.max_tasks``, ``model.seed``). MoRAM (:class:`moram.atoms.MoRAMConfig`) is one method among
 the baselines of :mod:`moram.baselines`; no code asks which one it is.
 
-Adding a method is a config and a layer (docs/design.md §5)::
+Adding a method is a config and a layer (docs/design.md §3.3)::
 
     @dataclass(frozen=True)
     class ShiftConfig(MethodConfig):

@@ -48,7 +48,7 @@ def inject_atoms(model: nn.Module, config: AtomConfig, targets: Sequence[str] | 
         >>> inject_atoms(model, AtomConfig(rank=2, max_tasks=3, targets=["0", "2"]))
         ['0', '2']
         >>> [n for n, p in model.named_parameters() if p.requires_grad]
-        ['0.bank.current_keys', '0.bank.current_values', '2.bank.current_keys', '2.bank.current_values']
+        ['0.current_keys', '0.current_values', '2.current_keys', '2.current_values']
     """
     config.capacity  # noqa: B018 -- raises the clear error when max_tasks is unset
     assert config.max_tasks is not None

@@ -1,4 +1,4 @@
-r"""MoRAM in one file: the routed update of DESIGN.md §1 as plain dense code.
+r"""MoRAM in one file: the routed update of docs/design.md §1 as plain dense code.
 
 ::
 

@@ -21,6 +21,7 @@ never the ``nn.Module`` itself, which the module owns as ``module.model``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import Tensor, nn
@@ -28,6 +29,19 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from moram.adapters.method import MethodConfig
     from moram.module import ContinualModule
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """The task a hook works on: its index in the stream, its name, and the stream's description of it.
+
+    ``spec`` is the task source's object for the task (e.g. a classification task's ``classnames`` and
+    ``template``, a text task's ``metric`` and lengths); the module builds it from its task stream.
+    """
+
+    index: int
+    name: str
+    spec: Any
 
 
 class StepLoss(NamedTuple):
@@ -95,22 +109,34 @@ class Backbone:
         """The frozen pre-trained model, unadapted."""
         raise NotImplementedError
 
+    def adapt(
+        self, model: nn.Module, method: MethodConfig, *, max_tasks: int, targets: list[str] | None = None,
+        seed: int = 0,
+    ) -> list[str]:
+        """Inject ``method`` into ``targets`` of ``model`` (:meth:`default_targets` when None); the adapted names.
+
+        What :class:`~moram.module.ContinualModule` does in ``configure_model``; not meant to be overridden
+        (a plugin says which modules to adapt with :meth:`default_targets`).
+        """
+        chosen = list(targets) if targets is not None else self.default_targets(model)
+        return method.inject(model, chosen, max_tasks=max_tasks, seed=seed)
+
     def default_targets(self, model: nn.Module) -> list[str]:
         """The patterns every method adapts in ``model`` (from :meth:`build`) when ``model.targets`` is null."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ steps
-    def training_loss(self, host: ContinualModule, batch: Any, task: int) -> StepLoss:
-        """The loss of a training ``batch`` of task ``task`` (``host.model`` is the adapted model)."""
+    def training_loss(self, host: ContinualModule, batch: Any, task: TaskInfo) -> StepLoss:
+        """The loss of a training ``batch`` of ``task`` (``host.model`` is the adapted model)."""
         raise NotImplementedError
 
-    def start_eval(self, host: ContinualModule) -> None:
-        """Called once before an evaluation pass over every task (e.g. to encode class prompts)."""
+    def start_eval(self, host: ContinualModule, tasks: list[TaskInfo]) -> None:
+        """Called once before an evaluation pass over ``tasks``, every task of the stream (e.g. to encode prompts)."""
 
-    def eval_scores(self, host: ContinualModule, batch: Any, task: int, keep_records: bool) -> EvalScores:
-        """Per-example scores of an evaluation ``batch`` of task ``task`` (see :class:`EvalScores`)."""
+    def eval_scores(self, host: ContinualModule, batch: Any, task: TaskInfo, keep_records: bool) -> EvalScores:
+        """Per-example scores of an evaluation ``batch`` of ``task`` (see :class:`EvalScores`)."""
         raise NotImplementedError
 
-    def predict(self, host: ContinualModule, batch: Any, task: int) -> Any:
-        """What ``moram predict`` returns for ``batch`` (of the stream's task ``task``)."""
+    def predict(self, host: ContinualModule, batch: Any, task: TaskInfo) -> Any:
+        """What ``moram predict`` returns for ``batch`` of ``task``."""
         raise NotImplementedError

@@ -11,7 +11,7 @@ token ``x``::
     w   = softmax(s[top] / tau), 0 elsewhere;  w_e *= [s_e ≥ delta] at inference only
     y   = base(x) + scale · Σ_e w_e B_e z_e
 
-i.e. exactly MoRAM's formula (DESIGN.md §1) where an atom's scalar response ``p_i`` becomes the
+i.e. exactly MoRAM's formula (docs/design.md §1) where an atom's scalar response ``p_i`` becomes the
 expert's r-dim response ``z_e`` and its score the norm of it (so scores are ≥ 0 and signed and
 absolute selection coincide). With r = 1 and one atom per task this is MoRAM with absolute scores.
 """

@@ -15,7 +15,7 @@ and ``loranew_B``). Defaults are that code's settings: r 8, ``lora_alpha`` 32 (s
 ``lora_dropout`` 0.1, λ₁ 0.5, λ₂ 0 (``scripts/order_*.sh``).
 
 The LoRAs live in :class:`~moram.baselines.expert_store.LoRAStoreLinear`'s fixed-capacity storage
-(DESIGN.md §3): frozen ones in buffers ``frozen_A`` / ``frozen_B``, the present task's in Parameters
+(docs/design.md §3): frozen ones in buffers ``frozen_A`` / ``frozen_B``, the present task's in Parameters
 ``current_A`` / ``current_B``, copied into the next slot and re-drawn at a boundary.
 Every LoRA has ``B`` zero until trained, so the present one needs no "untrained" flag: it adds nothing.
 """

@@ -12,7 +12,7 @@ Why: atoms wrap a linear *module* and act when it is called. The packed layouts 
 modules at all, and ``nn.MultiheadAttention`` reads ``out_proj.weight`` directly instead of calling
 ``out_proj`` — an adapter put there changes nothing. RN50's ``AttentionPool2d`` does the same with
 its separate ``q_proj``/``k_proj``/``v_proj``/``c_proj``. :func:`convert_attention` replaces each
-such module, once, by an equivalent one whose projections are called as modules (DESIGN.md §3, §4);
+such module, once, by an equivalent one whose projections are called as modules (docs/design.md §3, §4);
 :func:`restore_packed_attention` goes back (export, code that reads ``in_proj_weight``).
 Convert after loading pretrained weights and before injecting atoms, building the optimizer or
 wrapping for DDP/FSDP.

@@ -1,6 +1,6 @@
 """The CLIP backbone plugin: a frozen open_clip model, trained on the current task's class prompts.
 
-Training uses the DESIGN.md §1 loss over the current task's classes, computed on the global batch
+Training uses the docs/design.md §1 loss over the current task's classes, computed on the global batch
 (so N processes train like one). Evaluation scores every image two ways — among its own task's
 classes (task-aware, MTIL) and among the union of all tasks' class names (task-agnostic, X-TAIL) —
 and reports ``protocol``'s view as the primary score, the other beside it.
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moram.backbones.base import Backbone, EvalScores, StepLoss
+from moram.backbones.base import Backbone, EvalScores, StepLoss, TaskInfo
 from moram.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -153,11 +153,11 @@ class CLIPBackbone(Backbone):
         return clip_targets(self.towers, self.layers)
 
     # ------------------------------------------------------------------ helpers
-    def _task_prompts(self, host: ContinualModule, task: int) -> Tensor:
-        if task not in self._prompts:
-            t = host.stream.tasks[task]
-            self._prompts[task] = self.tokenizer([t.template.format(c) for c in t.classnames])
-        return self._prompts[task].to(host.device)
+    def _task_prompts(self, host: ContinualModule, task: TaskInfo) -> Tensor:
+        if task.index not in self._prompts:
+            t = task.spec
+            self._prompts[task.index] = self.tokenizer([t.template.format(c) for c in t.classnames])
+        return self._prompts[task.index].to(host.device)
 
     def _encode_text(self, model: Any, tokens: Tensor) -> Tensor:
         """L2-normalised text features ``(C, D)``, in chunks of ``prompt_chunk`` prompts when set."""
@@ -168,7 +168,7 @@ class CLIPBackbone(Backbone):
         return F.normalize(model.encode_image(images), dim=-1)
 
     # ------------------------------------------------------------------ steps
-    def training_loss(self, host: ContinualModule, batch: tuple[Tensor, Tensor], task: int) -> StepLoss:
+    def training_loss(self, host: ContinualModule, batch: tuple[Tensor, Tensor], task: TaskInfo) -> StepLoss:
         from moram.backbones.clip.loss import clip_class_loss
         from moram.distributed import gather_batch
 
@@ -182,30 +182,30 @@ class CLIPBackbone(Backbone):
         loss = clip_class_loss(image, text, labels, model.logit_scale.exp())
         return StepLoss(loss, loss, len(labels))
 
-    def start_eval(self, host: ContinualModule) -> None:
-        tasks = host.stream.tasks
+    def start_eval(self, host: ContinualModule, tasks: list[TaskInfo]) -> None:
+        specs = [t.spec for t in tasks]
         union: list[str] = []
         prompts: list[str] = []
-        for t in tasks:
+        for t in specs:
             for c in t.classnames:
                 if c not in union:
                     union.append(c)
                     prompts.append(t.template.format(c))
         text = self._encode_text(host.model, self.tokenizer(prompts).to(host.device))  # (U, D)
-        to_union = [torch.tensor([union.index(c) for c in t.classnames], device=host.device) for t in tasks]
+        to_union = [torch.tensor([union.index(c) for c in t.classnames], device=host.device) for t in specs]
         self._eval = {"text": text, "to_union": to_union}
 
-    def eval_scores(self, host: ContinualModule, batch: Any, task: int, keep_records: bool) -> EvalScores:
+    def eval_scores(self, host: ContinualModule, batch: Any, task: TaskInfo, keep_records: bool) -> EvalScores:
         images, labels = batch
         image = self._encode_image(host.model, images)  # (B, D)
-        text, to_union = self._eval["text"], self._eval["to_union"][task]
+        text, to_union = self._eval["text"], self._eval["to_union"][task.index]
         aware = 100.0 * ((image @ text[to_union].T).argmax(dim=1) == labels).double()  # among the task's classes
         agnostic = 100.0 * ((image @ text.T).argmax(dim=1) == to_union[labels]).double()  # among all class names
         return EvalScores({"task_aware": aware, "task_agnostic": agnostic})  # primary_view is one of them
 
-    def predict(self, host: ContinualModule, batch: Any, task: int) -> Tensor:
+    def predict(self, host: ContinualModule, batch: Any, task: TaskInfo) -> Tensor:
         """Task-agnostic class index (into the union of all tasks' class names) of each image."""
         if not self._eval:
-            self.start_eval(host)
+            self.start_eval(host, host.task_infos())
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         return (self._encode_image(host.model, images) @ self._eval["text"].T).argmax(dim=1)

@@ -1,4 +1,4 @@
-"""The CLIP continual-learning loss (DESIGN.md §1)."""
+"""The CLIP continual-learning loss (docs/design.md §1)."""
 
 from __future__ import annotations
 

@@ -128,7 +128,7 @@ CLIP mean/std. Text: one prompt per class, {f["prompts"]}.
 | | |
 |---|---|
 | trained | `visual.*`, `text.proj`, `logit_scale`; MiniLM transformer frozen |
-| loss | image→text CE over the class prompts + text→image soft multi-hot CE (DESIGN.md §1) |
+| loss | image→text CE over the class prompts + text→image soft multi-hot CE (docs/design.md §1) |
 | steps | {f["steps"]} |
 | batch size | {f["batch_size"]} |
 | optimiser and schedule | {f["recipe"]} |

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moram.backbones.base import Backbone, EvalScores, StepLoss
+from moram.backbones.base import Backbone, EvalScores, StepLoss, TaskInfo
 from moram.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -124,8 +124,8 @@ class LMBackbone(Backbone):
         )
         return loss, (targets != IGNORE).sum()
 
-    def training_loss(self, host: ContinualModule, batch: dict[str, list[str]], task: int) -> StepLoss:
-        spec = host.stream.tasks[task]
+    def training_loss(self, host: ContinualModule, batch: dict[str, list[str]], task: TaskInfo) -> StepLoss:
+        spec = task.spec
         total, tokens = self.answer_loss(
             host, list(batch["prompt"]), list(batch["answer"]), getattr(spec, "max_length", None)
         )
@@ -164,11 +164,11 @@ class LMBackbone(Backbone):
 
     # ------------------------------------------------------------------ evaluation
     def eval_scores(
-        self, host: ContinualModule, batch: dict[str, list[str]], task: int, keep_records: bool
+        self, host: ContinualModule, batch: dict[str, list[str]], task: TaskInfo, keep_records: bool
     ) -> EvalScores:
         from moram.backbones.lm.metrics import example_scores
 
-        spec = host.stream.tasks[task]
+        spec = task.spec
         prompts, answers = list(batch["prompt"]), list(batch["answer"])
         predictions = self.generate(
             host, prompts, getattr(spec, "max_new_tokens", None), getattr(spec, "max_length", None)
@@ -183,9 +183,9 @@ class LMBackbone(Backbone):
             ]
         return EvalScores({"": torch.tensor(scores, dtype=torch.float64, device=host.device)}, records)
 
-    def predict(self, host: ContinualModule, batch: Any, task: int) -> list[str]:
+    def predict(self, host: ContinualModule, batch: Any, task: TaskInfo) -> list[str]:
         """Generated answers for the batch's prompts."""
-        spec = host.stream.tasks[task]
+        spec = task.spec
         return self.generate(
             host, list(batch["prompt"]), getattr(spec, "max_new_tokens", None), getattr(spec, "max_length", None)
         )

@@ -1,6 +1,6 @@
 """Tokenise prompt/answer batches for causal and seq2seq language models.
 
-The loss of DESIGN.md §1 is the LM loss on the answer tokens only: prompt and padding positions
+The loss of docs/design.md §1 is the LM loss on the answer tokens only: prompt and padding positions
 carry the label ``-100`` (ignored by transformers' loss). Prompt and answer are tokenised
 separately and concatenated, so the boundary is exact whatever the tokenizer merges, and the
 tokens the model is trained to produce after a prompt are the ones it must generate at evaluation.

@@ -26,7 +26,7 @@ a model fails loudly instead of silently adapting fewer layers.
 
 T5's regex keeps every other module called ``o`` out; BERT's keeps out the pooler's and the MLM
 head's ``dense``. A packed projection (GPT-2's ``c_attn``, Phi-3's ``qkv_proj``) carries one bank,
-so its q, k and v share one routing decision per token, unlike separate q/k/v layers (DESIGN.md §1).
+so its q, k and v share one routing decision per token, unlike separate q/k/v layers (docs/design.md §1).
 For any other architecture set ``model.targets`` (``AtomConfig.targets`` in the Python API).
 
 Example:

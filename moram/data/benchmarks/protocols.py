@@ -1,4 +1,4 @@
-"""The CLIP continual-learning protocols as task sources (DESIGN.md §2).
+"""The CLIP continual-learning protocols as task sources (docs/design.md §2).
 
 - :class:`XTailTasks`: X-TAIL, ten domains scored task-agnostically (``model.backbone.protocol: task_agnostic``,
   each test image against the union of every domain's class names); few-shot training comes from
