@@ -3,9 +3,9 @@
 A checkpoint resumes a run; an adapter folder is what a user keeps: after task ``t`` the callback
 writes ``<log_dir>/adapters/task<t>-<name>/`` holding every adapter parameter learned so far — task
 ``t``'s included — and nothing of the backbone. Loading it into the same backbone gives the model as
-it was after task ``t``. moram's modules write MoRAM's atoms with :func:`moram.save_atoms`
-(``atoms.safetensors`` + ``atoms.json``, ready for :func:`moram.load_atoms`) and a baseline's layers
-with :func:`moram.adapters.save_adapters`.
+it was after task ``t``. moram's module writes every method's layers in one format,
+:func:`moram.adapters.save_adapters` (``adapters.safetensors`` + ``adapters.json``), which
+:func:`moram.adapters.load_adapters` rebuilds on the plain backbone.
 
 Works with any LightningModule that is an :class:`~moram.protocols.AdapterExporter` (has
 ``export_adapters(directory)``); with any other it writes nothing.

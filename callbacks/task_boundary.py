@@ -72,8 +72,8 @@ class TaskBoundaryCallback(Callback):
             max_tasks = layers[0][1].max_tasks
             if stream.num_tasks > max_tasks:
                 raise ConfigError(
-                    f"the task stream has {stream.num_tasks} tasks but the atom banks hold max_tasks={max_tasks}; "
-                    f"set the model's AtomConfig.max_tasks to at least {stream.num_tasks}"
+                    f"the task stream has {stream.num_tasks} tasks but the layers hold max_tasks={max_tasks}; "
+                    f"set model.max_tasks to at least {stream.num_tasks} (or null: the stream's number)"
                 )
             if getattr(trainer, "reload_dataloaders_every_n_epochs", 1) != 1:
                 raise ConfigError(

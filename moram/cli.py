@@ -5,7 +5,7 @@ Model and data are chosen by ``class_path`` in the YAML; every option shows in `
 
 Values that must agree are derived, not written twice: when the data is a task stream
 (:class:`moram.protocols.TaskStream`), ``trainer.max_epochs`` left null becomes the number of tasks,
-and the LightningModules size their atom banks from the same number (``model.max_tasks: null``).
+and the module sizes its continual layers from the same number (``model.max_tasks: null``).
 The trainer defaults of a task stream (:data:`TASK_STREAM_TRAINER_DEFAULTS`: a reload per epoch, the
 full zero-shot validation, no distributed sampler) are the command's defaults, not lines in every config.
 A continual run always gets a :class:`~moram.callbacks.task_boundary.TaskBoundaryCallback` and a

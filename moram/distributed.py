@@ -15,7 +15,7 @@ Data parallelism (DDP, FSDP2) in moram rests on three facts (docs/design.md §3-
 
 Sharding (:func:`shard_atom_model`): each block of a ``nn.ModuleList`` that holds trainable atoms (a
 transformer block) becomes one ``fully_shard`` unit, with its frozen weights and its current atoms;
-a module outside such blocks that owns trainable Parameters (an atom bank) becomes a unit of its
+a module outside such blocks that owns trainable Parameters (a continual layer) becomes a unit of its
 own. The rest (embeddings, final norms, projections, ``logit_scale``) stays an ordinary replicated
 tensor: it is frozen, identical on every rank, and stays readable outside ``forward`` (open_clip's
 ``encode_image`` / ``encode_text`` and ``logit_scale`` are used without calling the root module).
@@ -86,7 +86,7 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
 
     Every member of a ``nn.ModuleList`` that holds a trainable Parameter (a transformer block with
     atoms, or with a baseline's adapters), plus each module outside those that owns a trainable
-    Parameter itself (e.g. the atom bank of a routed layer outside the blocks). Trainable
+    Parameter itself (e.g. a continual layer outside the blocks). Trainable
     Parameters must all be sharded: FSDP2 synchronises nothing else.
     """
     units: list[nn.Module] = []
@@ -138,7 +138,7 @@ def full_parameters(model: nn.Module) -> Iterator[None]:
     """Parameters readable and writable in full inside the block, under any strategy.
 
     FSDP2: units are resharded first, so Parameters are DTensors (read with ``full_tensor()``,
-    written with ``distribute_tensor``, see :mod:`moram.atoms.bank`). FSDP1: the flat parameters are
+    written with ``distribute_tensor``, see :mod:`moram.adapters.layer`). FSDP1: the flat parameters are
     gathered and written back (``summon_full_params``). Otherwise nothing to do.
     """
     reshard(model)

@@ -35,6 +35,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from moram.adapters.method import MethodConfig, method_from_dict
+from moram.atoms.config import AtomConfig
 from moram.backbones.base import Backbone, TaskInfo
 from moram.errors import CheckpointError, ConfigError, NonFiniteLossError
 from moram.protocols import ContinualLayer, continual_layers, current_task, is_task_stream, score_key
@@ -160,6 +161,11 @@ class ContinualModule(LightningModule):
         self.save_hyperparameters()
         if isinstance(method, dict):  # hyperparameters stored without their classes
             method = method_from_dict(method)
+        if isinstance(method, AtomConfig):  # the Python API's one-object form: its run-level settings too
+            targets = method.targets if targets is None else targets
+            max_tasks = method.max_tasks if max_tasks is None else max_tasks
+            seed = method.seed if seed == 0 else seed
+            method = method.method
         if method is None:
             method = backbone.default_method()
         if not isinstance(method, MethodConfig):

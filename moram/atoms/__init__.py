@@ -1,4 +1,4 @@
-"""MoRAM: the routing formula, its fast kernels, the atom bank, the routed layer, injection and adapter files.
+"""MoRAM: the routing formula, its fast kernels, its method config, its layer, the short API and adapter files.
 
 Read in this order: :mod:`moram.atoms.routing` (the method in one page), :mod:`moram.atoms.config`
 (MoRAM's method config), :mod:`moram.atoms.linear` (the layer: its tensors and routing; the lifecycle

@@ -84,19 +84,18 @@ class MoRAMConfig(MethodConfig):
 
 
 _METHOD_FIELDS = tuple(f.name for f in dataclasses.fields(MoRAMConfig))
-_RUN_FIELDS = ("max_tasks", "targets", "seed")
 
 
-@dataclass
-class AtomConfig:
+@dataclass(frozen=True)
+class AtomConfig(MoRAMConfig):
     """MoRAM's options and the run-level ones (capacity, targets, seed) in one object, for the Python API.
 
     ``inject_atoms(model, AtomConfig(...))`` is the short way to put atoms into any model;
     :attr:`method` is the :class:`MoRAMConfig` part. In a run, ``model.method`` holds the MoRAM options
-    and ``model.max_tasks`` / ``model.targets`` / ``model.seed`` the others.
+    and ``model.max_tasks`` / ``model.targets`` / ``model.seed`` the others. MoRAM's options are
+    :class:`MoRAMConfig`'s fields (inherited, written once).
 
     Args:
-        rank, top_k, temperature, threshold, scale, dropout, signed_scores, reference: as in :class:`MoRAMConfig`.
         max_tasks: Number of tasks the layers hold; the capacity max_tasks x rank is allocated once.
         targets: Module names to adapt: an exact name, a dotted suffix ("q_proj" matches
             "layers.0.attn.q_proj") or a regular expression prefixed with "re:" (matched against the full name).
@@ -110,25 +109,13 @@ class AtomConfig:
         True
     """
 
-    rank: int = 16
-    top_k: int = 16
-    temperature: float = 0.01
-    threshold: float | None = 0.2
-    scale: float = 1.0
-    dropout: float = 0.0
     max_tasks: int | None = None
     targets: list[str] | None = None
     seed: int = 0
-    signed_scores: bool = True
-    reference: bool = False
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`~moram.errors.ConfigError` naming the field when a value is out of range."""
         try:
-            self.method  # noqa: B018 -- MoRAMConfig checks its fields
+            super().__post_init__()
         except ConfigError as err:
             raise ConfigError(str(err).replace("MoRAMConfig.", "AtomConfig.")) from None
         if self.max_tasks is not None and self.max_tasks < 1:
@@ -142,9 +129,13 @@ class AtomConfig:
             if not self.targets:
                 raise ConfigError("AtomConfig.targets is an empty list; give patterns or None for the defaults")
 
+    def validate(self) -> None:
+        """Raise :class:`~moram.errors.ConfigError` naming the field when a value is out of range."""
+        self.__post_init__()
+
     @property
     def method(self) -> MoRAMConfig:
-        """The MoRAM options of this config."""
+        """The MoRAM options of this config (a plain :class:`MoRAMConfig`)."""
         return MoRAMConfig(**{name: getattr(self, name) for name in _METHOD_FIELDS})
 
     @classmethod
@@ -163,13 +154,13 @@ class AtomConfig:
         return self.max_tasks * self.rank
 
     @classmethod
-    def llm(cls, **overrides: Any) -> AtomConfig:
+    def llm(cls, **overrides: Any) -> AtomConfig:  # type: ignore[override]
         """The paper's LLM (TRACE) settings: r = k = 8, tau 0.03, delta 0.2, scale 2, dropout 0.1."""
         values = MoRAMConfig.llm().options()
         values.update(overrides)
         return cls(**values)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:  # type: ignore[override]
         """Plain-JSON view (``reference`` left out: it says how to compute, not what the memory is)."""
         values = dataclasses.asdict(self)
         del values["reference"]
