@@ -124,7 +124,7 @@ def test_capacity_smaller_than_stream_is_refused():
 
     trainer = pl.Trainer(max_epochs=TASKS, reload_dataloaders_every_n_epochs=1, callbacks=[TaskBoundaryCallback()],
                          logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
-    with pytest.raises(ValueError, match="3 tasks but the atom banks hold max_tasks=2"):
+    with pytest.raises(ValueError, match="3 tasks but the layers hold max_tasks=2"):
         trainer.fit(Small(), datamodule=Stream())
 
 
