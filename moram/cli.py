@@ -265,6 +265,12 @@ def parser_error_line(message: str) -> str:
     return f"--{'.'.join(deepest[1])}: {reason}"
 
 
+ATOMS_MOVED = (
+    "model.atoms was split in moram 0.3: MoRAM's options are model.method (moram.atoms.MoRAMConfig), "
+    "the capacity, targets and seed are model.max_tasks, model.targets and model.seed"
+)
+
+
 def fresh_method_options(args: list[str]) -> list[str]:
     """``args`` where each ``--model.method X`` starts from ``X``'s own defaults.
 
@@ -293,7 +299,10 @@ class MoramArgumentParser(LightningArgumentParser):
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        print(f"moram: error: {parser_error_line(message)}\n(all options: {prog} --help; "
+        line = parser_error_line(message)
+        if re.search(r"\batoms\b", line):  # an option of moram 0.2
+            line += f" ({ATOMS_MOVED})"
+        print(f"moram: error: {line}\n(all options: {prog} --help; "
               f"{TRACEBACK_ENV}=1 for jsonargparse's full report)", file=sys.stderr)
         sys.exit(2)
 
