@@ -50,7 +50,8 @@ PARSER = {  # jsonargparse's errors: its nested report becomes the option's name
     "unknown_key": (["--model.method.rnak", "8"],
                     r"--model\.method\.rnak: no such option \(--model\.method\.help lists the options there\)"),
     "wrong_type": (["--model.lr", "abc"], r"--model\.lr: expected a float, got value: abc"),
-    "option_of_0_2": (["--model.atoms.rank", "2"], r"atoms.*model\.atoms was split in moram 0\.3: .*model\.method"),
+    "option_of_0_2": (["--model.atoms.rank", "2"],
+                      r"--model: .*atoms\.rank.* \(model\.atoms was split in moram 0\.3: .*\)"),
 }
 
 
