@@ -1,6 +1,6 @@
 """Lightning callbacks for continual learning (installed as ``moram.callbacks``).
 
-They depend only on Lightning, torch and :mod:`moram.protocols`, never on moram's LightningModules,
+They depend only on Lightning, torch and :mod:`moram.protocols`, never on moram's LightningModule,
 so they work in any project whose model has continual layers::
 
     from moram.callbacks import AtomUsageCallback, ContinualMetricsCallback, TaskBoundaryCallback
