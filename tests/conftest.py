@@ -15,6 +15,13 @@ from helpers import TINY
 # to every command's output that the tests read.
 os.environ.setdefault("MORAM_THREAD_WARNING", "0")
 
+# Every model in the suite is tiny: a second intra-op thread costs more than it saves, and on a busy
+# machine it can cost several times the CPU time (the lesson of the thread warning above). One thread
+# for the whole run (doctests included), and for the processes the tests start (helpers.subprocess_env
+# sets the same).
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
