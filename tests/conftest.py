@@ -6,10 +6,11 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import TINY
+from helpers import TINY, run_fit
 
 # The busy-machine thread warning of `moram fit` (tested on its own in test_run_safety.py) would add a line
 # to every command's output that the tests read.
@@ -38,3 +39,19 @@ def tiny_config(tmp_path: Path) -> Path:
     path = tmp_path / "tiny_clip.json"
     path.write_text(json.dumps(TINY))
     return path
+
+
+@pytest.fixture(scope="session")
+def finished_fit(tmp_path_factory) -> SimpleNamespace:
+    """One finished default ``moram fit`` of the tiny CLIP (2 tasks x 3 steps, a checkpoint every step).
+
+    Shared by the tests that only read a finished run (its files, its metrics, its trained model in
+    memory) instead of each fitting the same run again. ``cli``, ``metrics``, ``log_dir`` as
+    :func:`helpers.run_fit` returns them, and ``config``, the model config file it was given.
+    Never write to it: a test that changes a run, or resumes it, fits its own.
+    """
+    root = tmp_path_factory.mktemp("finished_fit")
+    config = root / "tiny_clip.json"
+    config.write_text(json.dumps(TINY))
+    cli, metrics, log_dir = run_fit(root, config, "--trainer.callbacks.every_n_train_steps", "1")
+    return SimpleNamespace(cli=cli, metrics=metrics, log_dir=log_dir, config=config)

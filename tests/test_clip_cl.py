@@ -14,8 +14,8 @@ from moram.cli import main
 from moram.metrics import AccuracyMatrix, average, last, transfer
 
 ROOT = Path(__file__).resolve().parents[1]
-def test_fit_writes_the_accuracy_matrix_and_grows_atoms(tmp_path, tiny_config):
-    cli, metrics, log_dir = run_fit(tmp_path, tiny_config)
+def test_fit_writes_the_accuracy_matrix_and_grows_atoms(finished_fit):
+    cli, metrics, log_dir = finished_fit.cli, finished_fit.metrics, finished_fit.log_dir
     names = metrics["task_names"]
     assert len(names) == 2
     rows = [metrics["zero_shot"], *metrics["matrix"]]
@@ -64,12 +64,12 @@ def test_frozen_atoms_are_bit_identical_after_their_task(tmp_path, tiny_config):
     assert any(v.abs().sum() > 0 for v in snap.ends[0])  # the atoms did train
 
 
-@pytest.mark.parametrize("stop", [pytest.param(4, marks=pytest.mark.slow), 3],  # mid-task: test_kill_resume.py
+@pytest.mark.parametrize("stop", [pytest.param(4, marks=pytest.mark.slow), 3],  # mid-task: test_run_safety.py
                          ids=["mid-task", "last-batch-of-task"])
-def test_resume_gives_the_same_matrix_and_atoms(tmp_path, tiny_config, stop):
+def test_resume_gives_the_same_matrix_and_atoms(tmp_path, tiny_config, finished_fit, stop):
     # Step 4 is inside task 2 (3 steps per task). Step 3 is task 1's last batch: Lightning then skips
     # that task's validation on resume, and the metrics callback must evaluate to fill the row.
-    full_cli, full, _ = run_fit(tmp_path / "full", tiny_config)
+    full_cli, full = finished_fit.cli, finished_fit.metrics  # the uninterrupted run
     ckpt_dir = tmp_path / "ckpt"
     interrupted = fit_args(
         tmp_path / "part", tiny_config, "--trainer.max_steps", str(stop),

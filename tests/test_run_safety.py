@@ -110,8 +110,8 @@ def test_last_continues_only_its_own_configuration_and_appends(monkeypatch, caps
     assert "task 2/2 'synthetic 1': trained (3 steps" in out, out
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_config):
-    full = fit(tmp_path / "full", tiny_config)
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_config, finished_fit):
+    full = finished_fit.log_dir  # fit(tmp_path / "full", tiny_config), shared
     stopped = fit(tmp_path / "stopped", tiny_config, "--trainer.max_steps", "4")
     resumed = Path(main(fit_args(tmp_path / "stopped", tiny_config, *CKPT_EVERY_STEP, "--ckpt_path", "last"))
                    .trainer.log_dir)
