@@ -41,17 +41,29 @@ def tiny_config(tmp_path: Path) -> Path:
     return path
 
 
+def _shared_fit(tmp_path_factory, name: str, *extra: str) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp(name)
+    config = root / "tiny_clip.json"
+    config.write_text(json.dumps(TINY))
+    cli, metrics, log_dir = run_fit(root, config, "--trainer.callbacks.every_n_train_steps", "1", *extra)
+    return SimpleNamespace(cli=cli, metrics=metrics, log_dir=log_dir, config=config, root=root)
+
+
 @pytest.fixture(scope="session")
 def finished_fit(tmp_path_factory) -> SimpleNamespace:
     """One finished default ``moram fit`` of the tiny CLIP (2 tasks x 3 steps, a checkpoint every step).
 
     Shared by the tests that only read a finished run (its files, its metrics, its trained model in
-    memory) instead of each fitting the same run again. ``cli``, ``metrics``, ``log_dir`` as
-    :func:`helpers.run_fit` returns them, and ``config``, the model config file it was given.
-    Never write to it: a test that changes a run, or resumes it, fits its own.
+    memory) instead of each fitting the same run again: ``cli``, ``metrics``, ``log_dir`` as
+    :func:`helpers.run_fit` returns them, ``config`` (the model config file it was given) and ``root``
+    (its ``--trainer.default_root_dir``). Never write to it: a test that changes or resumes a run fits
+    its own, or works on a copy (:func:`helpers.copy_run`).
     """
-    root = tmp_path_factory.mktemp("finished_fit")
-    config = root / "tiny_clip.json"
-    config.write_text(json.dumps(TINY))
-    cli, metrics, log_dir = run_fit(root, config, "--trainer.callbacks.every_n_train_steps", "1")
-    return SimpleNamespace(cli=cli, metrics=metrics, log_dir=log_dir, config=config)
+    return _shared_fit(tmp_path_factory, "finished_fit")
+
+
+@pytest.fixture(scope="session")
+def stopped_fit(tmp_path_factory) -> SimpleNamespace:
+    """:func:`finished_fit` stopped after its first step (``--trainer.max_steps 1``): an unfinished run."""
+    return _shared_fit(tmp_path_factory, "stopped_fit", "--trainer.max_steps", "1")
+

@@ -96,12 +96,9 @@ def test_pretrained_unavailable_offline_names_the_option(tmp_path):
               "--trainer.default_root_dir", str(tmp_path)])
 
 
-def test_checkpoint_from_other_atom_setting_is_refused(tmp_path, tiny_config):
-    ckpt_dir = tmp_path / "ckpt"
-    main(fit_args(tmp_path / "a", tiny_config, "--trainer.max_steps", "1",
-                  "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-                  "--trainer.callbacks.dirpath", str(ckpt_dir), "--trainer.callbacks.every_n_train_steps", "1"))
-    ckpt = next(ckpt_dir.glob("*.ckpt"))
+def test_checkpoint_from_other_atom_setting_is_refused(tmp_path, stopped_fit):
+    # the checkpoint of step 1 (the config's ModelCheckpoint, every step), of an unfinished run
+    ckpt, tiny_config = next((stopped_fit.log_dir / "checkpoints").glob("*step=1.ckpt")), stopped_fit.config
     with pytest.raises(ValueError, match=r"model.method.rank: checkpoint 2, config 3"):
         main(fit_args(tmp_path / "b", tiny_config, "--model.method.rank", "3", "--ckpt_path", str(ckpt)))
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import torch
-from helpers import fit_args
+from helpers import copy_run, fit_args
 
 from moram.cli import entry, main
 from moram.runs import history_entries
@@ -47,8 +47,8 @@ def rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-def test_last_never_resumes_a_finished_run_and_touches_nothing(monkeypatch, capsys, tmp_path, tiny_config):
-    run = fit(tmp_path, tiny_config)
+def test_last_never_resumes_a_finished_run_and_touches_nothing(monkeypatch, capsys, tmp_path, finished_fit):
+    run, tiny_config = copy_run(finished_fit, tmp_path), finished_fit.config  # fit(tmp_path, ...), shared
     assert json.loads((run / "continual_metrics.json").read_text())["finished"] is True
     before = snapshot(tmp_path)
     code, _, err = run_entry(monkeypatch, capsys, fit_args(tmp_path, tiny_config, *CKPT_EVERY_STEP,
@@ -125,8 +125,9 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_config, finished
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_failed_start_leaves_no_run_folder(monkeypatch, capsys, tmp_path, tiny_config):
-    fit(tmp_path, tiny_config, "--trainer.max_steps", "1")  # a run of the user's, unfinished
+def test_failed_start_leaves_no_run_folder(monkeypatch, capsys, tmp_path, stopped_fit):
+    copy_run(stopped_fit, tmp_path)  # a run of the user's, unfinished: fit(..., "--trainer.max_steps", "1")
+    tiny_config = stopped_fit.config
     before = snapshot(tmp_path)
     code, _, err = run_entry(monkeypatch, capsys, fit_args(
         tmp_path, tiny_config, "--data.source", "moram.data.folder.FolderTasks", "--data.source.domains", "[a]",
@@ -137,8 +138,8 @@ def test_failed_start_leaves_no_run_folder(monkeypatch, capsys, tmp_path, tiny_c
     assert snapshot(tmp_path) == before
 
 
-def test_truncated_checkpoint_is_one_line_and_touches_nothing(monkeypatch, capsys, tmp_path, tiny_config):
-    run = fit(tmp_path, tiny_config, "--trainer.max_steps", "2")
+def test_truncated_checkpoint_is_one_line_and_touches_nothing(monkeypatch, capsys, tmp_path, stopped_fit):
+    run, tiny_config = copy_run(stopped_fit, tmp_path), stopped_fit.config  # an unfinished run of its own
     ckpt = run / "checkpoints" / "last.ckpt"
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
