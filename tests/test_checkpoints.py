@@ -80,7 +80,7 @@ def test_llama_checkpoint_grows_with_the_atoms_not_the_backbone():
     assert more_atoms > small * 1.3
 
 
-@pytest.mark.slow  # by default: test_run_safety.py::test_resumed_run_equals_an_uninterrupted_one
+@pytest.mark.slow  # by default: test_run_safety.py::test_last_continues_only_its_own_configuration_and_appends
 def test_resume_with_last_continues_the_same_run_and_ends_like_an_uninterrupted_one(tmp_path, tiny_config,
                                                                                     finished_fit):
     full_cli, full = finished_fit.cli, finished_fit.metrics  # fitted with EVERY_STEP

@@ -40,10 +40,10 @@ def finish(proc: subprocess.Popen, root: Path, timeout: float = 240) -> dict:
 
 
 # All slow: three or more fresh processes, ~25 s even for one. By default, the same guarantee without the
-# SIGKILL, in-process: test_run_safety.py::test_resumed_run_equals_an_uninterrupted_one (stopped inside
-# task 2 at step 4, `--ckpt_path last` continues the same version_0, matrix and every tensor equal) and
-# ::test_last_continues_only_its_own_configuration_and_appends (the stopped run's file says finished: false,
-# the resumed one's true); test_clip_cl.py resumes from task 1's last batch.
+# SIGKILL, in-process: test_run_safety.py::test_last_continues_only_its_own_configuration_and_appends
+# (stopped inside task 2 at step 4, its file says finished: false; `--ckpt_path last` continues the same
+# version_0, which then says finished: true, with the matrix and every tensor of the uninterrupted run);
+# test_clip_cl.py resumes from task 1's last batch.
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["single", "ddp", "fsdp2"])
 def test_sigkill_mid_task_then_resume_is_bitwise_exact(tmp_path, strategy):

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import copy_run, fit_args
 
@@ -68,8 +69,9 @@ def test_last_never_resumes_a_finished_run_and_touches_nothing(monkeypatch, caps
     assert snapshot(tmp_path) == before
 
 
-def test_last_continues_only_its_own_configuration_and_appends(monkeypatch, capsys, tmp_path, tiny_config):
+def test_last_continues_only_its_own_configuration_and_appends(monkeypatch, capsys, tmp_path, finished_fit):
     # version_0: this configuration, stopped after 4 of 6 steps (unfinished); version_1, newer: rank 4
+    tiny_config = finished_fit.config  # finished_fit: the same configuration, uninterrupted
     mine = fit(tmp_path, tiny_config, "--trainer.max_steps", "4")
     other = fit(tmp_path, tiny_config, "--model.method.rank", "4", "--trainer.max_steps", "2")
     assert (mine.name, other.name) == ("version_0", "version_1")
@@ -108,8 +110,19 @@ def test_last_continues_only_its_own_configuration_and_appends(monkeypatch, caps
     # progress lines: where the run continues; the task is counted whole (3 steps), not from step 0
     assert "task 2/2 'synthetic 1': resumed at step 1/3 (global step 4)" in out, out
     assert "task 2/2 'synthetic 1': trained (3 steps" in out, out
+    # and it ends exactly like the uninterrupted run (test_resumed_run_equals_an_uninterrupted_one, slow)
+    want, got = (json.loads((p / "continual_metrics.json").read_text()) for p in (finished_fit.log_dir, mine))
+    assert got["matrix"] == want["matrix"]
+    assert got["zero_shot"] == want["zero_shot"]
+    a = torch.load(finished_fit.log_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(mine / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+# slow: by default, test_last_continues_only_its_own_configuration_and_appends resumes a run stopped at
+# step 4 with `last` (beside another run) and checks the same equalities
+@pytest.mark.slow
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_config, finished_fit):
     full = finished_fit.log_dir  # fit(tmp_path / "full", tiny_config), shared
     stopped = fit(tmp_path / "stopped", tiny_config, "--trainer.max_steps", "4")
