@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -55,6 +56,16 @@ def run_fit(tmp_path, model_config, *extra):
     cli = main(fit_args(tmp_path, model_config, *extra))
     log_dir = Path(cli.trainer.log_dir)
     return cli, json.loads((log_dir / "continual_metrics.json").read_text()), log_dir
+
+
+def copy_run(fit, root: Path) -> Path:
+    """Copy the run folders of a shared fit (conftest.py's ``finished_fit``, ``stopped_fit``) into ``root``.
+
+    For tests that run a command on a run's folder (``root`` is their ``default_root_dir``): the copy is
+    theirs to change. Returns the copied run folder.
+    """
+    shutil.copytree(fit.root / "lightning_logs", root / "lightning_logs")
+    return root / fit.log_dir.relative_to(fit.root)
 
 
 def atoms_of(cli):

@@ -24,8 +24,8 @@ def _ckpt_bytes(module: torch.nn.Module) -> int:
     return buffer.tell()
 
 
-def test_checkpoint_holds_the_atoms_and_a_fingerprint_not_the_backbone(tmp_path, tiny_config):
-    cli, _, log_dir = run_fit(tmp_path, tiny_config, *EVERY_STEP)
+def test_checkpoint_holds_the_atoms_and_a_fingerprint_not_the_backbone(finished_fit):
+    cli, log_dir, tiny_config = finished_fit.cli, finished_fit.log_dir, finished_fit.config  # fitted with EVERY_STEP
     ckpt = torch.load(log_dir / "checkpoints" / "last.ckpt", weights_only=False)
     keys = set(ckpt["state_dict"])
     assert keys == adapter_keys(cli.model)
@@ -40,11 +40,11 @@ def test_checkpoint_holds_the_atoms_and_a_fingerprint_not_the_backbone(tmp_path,
     assert sorted(p.name for p in (log_dir / "adapters").iterdir()) == ["task0-synthetic_0", "task1-synthetic_1"]
 
 
-def test_a_checkpoint_loads_outside_a_trainer_as_the_trained_model(tmp_path, tiny_config):
+def test_a_checkpoint_loads_outside_a_trainer_as_the_trained_model(finished_fit):
     """``ContinualModule.load_from_checkpoint``: no stream, no seed (the random backbone's build RNG is stored)."""
     from moram.module import ContinualModule
 
-    cli, _, log_dir = run_fit(tmp_path, tiny_config)
+    cli, log_dir = finished_fit.cli, finished_fit.log_dir
     torch.manual_seed(123)  # another global RNG state than the run's
     loaded = ContinualModule.load_from_checkpoint(log_dir / "checkpoints" / "last.ckpt")
     assert not loaded.training
@@ -80,9 +80,10 @@ def test_llama_checkpoint_grows_with_the_atoms_not_the_backbone():
     assert more_atoms > small * 1.3
 
 
-@pytest.mark.slow  # the same guarantee after a SIGKILL runs by default in test_kill_resume.py
-def test_resume_with_last_continues_the_same_run_and_ends_like_an_uninterrupted_one(tmp_path, tiny_config):
-    full_cli, full, _ = run_fit(tmp_path / "full", tiny_config, *EVERY_STEP)
+@pytest.mark.slow  # by default: test_run_safety.py::test_last_continues_only_its_own_configuration_and_appends
+def test_resume_with_last_continues_the_same_run_and_ends_like_an_uninterrupted_one(tmp_path, tiny_config,
+                                                                                    finished_fit):
+    full_cli, full = finished_fit.cli, finished_fit.metrics  # fitted with EVERY_STEP
     root = tmp_path / "run"
     main(fit_args(root, tiny_config, *EVERY_STEP, "--trainer.max_steps", "4"))  # stopped inside task 2
     log_dir = root / "lightning_logs" / "version_0"
@@ -113,8 +114,9 @@ def test_checkpoint_of_another_backbone_is_refused(tmp_path, tiny_config):
                       "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")))
 
 
-def test_old_full_checkpoint_still_loads(tmp_path, tiny_config):
-    fit_cli, fitted, log_dir = run_fit(tmp_path / "fit", tiny_config, *EVERY_STEP)
+def test_old_full_checkpoint_still_loads(tmp_path, finished_fit):
+    fit_cli, fitted, log_dir = finished_fit.cli, finished_fit.metrics, finished_fit.log_dir
+    tiny_config = finished_fit.config
     ckpt = torch.load(log_dir / "checkpoints" / "last.ckpt", weights_only=False)
     del ckpt["moram_checkpoint"]  # as written before adapter-only checkpoints: the backbone included
     ckpt["state_dict"] = {k: v.clone() for k, v in fit_cli.model.state_dict().items()}

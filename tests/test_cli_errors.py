@@ -67,12 +67,9 @@ def test_bad_option_is_one_line_and_a_hint(monkeypatch, capsys, tmp_path, tiny_c
     assert not (tmp_path / "lightning_logs").exists()
 
 
-def test_checkpoint_of_another_backbone_is_one_message(monkeypatch, capsys, tmp_path, tiny_config):
-    from moram.cli import main
-
-    main(fit_args(tmp_path / "a", tiny_config, "--trainer.max_steps", "1",
-                  "--trainer.callbacks.every_n_train_steps", "1"))
-    last = tmp_path / "a" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+def test_checkpoint_of_another_backbone_is_one_message(monkeypatch, capsys, tmp_path, stopped_fit):
+    # an unfinished run's checkpoint, after 1 step (a checkpoint every step)
+    last, tiny_config = stopped_fit.log_dir / "checkpoints" / "last.ckpt", stopped_fit.config
     capsys.readouterr()
     code, err = run_entry(monkeypatch, capsys, fit_args(tmp_path / "b", tiny_config, "--seed_everything", "1",
                                                         "--ckpt_path", str(last)))

@@ -14,8 +14,8 @@ from moram.cli import main
 from moram.metrics import AccuracyMatrix, average, last, transfer
 
 ROOT = Path(__file__).resolve().parents[1]
-def test_fit_writes_the_accuracy_matrix_and_grows_atoms(tmp_path, tiny_config):
-    cli, metrics, log_dir = run_fit(tmp_path, tiny_config)
+def test_fit_writes_the_accuracy_matrix_and_grows_atoms(finished_fit):
+    cli, metrics, log_dir = finished_fit.cli, finished_fit.metrics, finished_fit.log_dir
     names = metrics["task_names"]
     assert len(names) == 2
     rows = [metrics["zero_shot"], *metrics["matrix"]]
@@ -64,12 +64,12 @@ def test_frozen_atoms_are_bit_identical_after_their_task(tmp_path, tiny_config):
     assert any(v.abs().sum() > 0 for v in snap.ends[0])  # the atoms did train
 
 
-@pytest.mark.parametrize("stop", [pytest.param(4, marks=pytest.mark.slow), 3],  # mid-task: test_kill_resume.py
+@pytest.mark.parametrize("stop", [pytest.param(4, marks=pytest.mark.slow), 3],  # mid-task: test_run_safety.py
                          ids=["mid-task", "last-batch-of-task"])
-def test_resume_gives_the_same_matrix_and_atoms(tmp_path, tiny_config, stop):
+def test_resume_gives_the_same_matrix_and_atoms(tmp_path, tiny_config, finished_fit, stop):
     # Step 4 is inside task 2 (3 steps per task). Step 3 is task 1's last batch: Lightning then skips
     # that task's validation on resume, and the metrics callback must evaluate to fill the row.
-    full_cli, full, _ = run_fit(tmp_path / "full", tiny_config)
+    full_cli, full = finished_fit.cli, finished_fit.metrics  # the uninterrupted run
     ckpt_dir = tmp_path / "ckpt"
     interrupted = fit_args(
         tmp_path / "part", tiny_config, "--trainer.max_steps", str(stop),
@@ -96,22 +96,19 @@ def test_pretrained_unavailable_offline_names_the_option(tmp_path):
               "--trainer.default_root_dir", str(tmp_path)])
 
 
-def test_checkpoint_from_other_atom_setting_is_refused(tmp_path, tiny_config):
-    ckpt_dir = tmp_path / "ckpt"
-    main(fit_args(tmp_path / "a", tiny_config, "--trainer.max_steps", "1",
-                  "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-                  "--trainer.callbacks.dirpath", str(ckpt_dir), "--trainer.callbacks.every_n_train_steps", "1"))
-    ckpt = next(ckpt_dir.glob("*.ckpt"))
+def test_checkpoint_from_other_atom_setting_is_refused(tmp_path, stopped_fit):
+    # the checkpoint of step 1 (the config's ModelCheckpoint, every step), of an unfinished run
+    ckpt, tiny_config = next((stopped_fit.log_dir / "checkpoints").glob("*step=1.ckpt")), stopped_fit.config
     with pytest.raises(ValueError, match=r"model.method.rank: checkpoint 2, config 3"):
         main(fit_args(tmp_path / "b", tiny_config, "--model.method.rank", "3", "--ckpt_path", str(ckpt)))
 
 
-def test_both_protocol_views_are_tracked(tmp_path, tiny_config):
-    _, aware, log_dir = run_fit(tmp_path, tiny_config, "--data.source.classes_per_task", "3")
+def test_both_protocol_views_are_tracked(finished_fit):
+    aware, log_dir = finished_fit.metrics, finished_fit.log_dir  # 2 tasks of 2 classes
     agnostic = json.loads((log_dir / "continual_metrics_task_agnostic.json").read_text())
     assert agnostic["task_names"] == aware["task_names"]
     assert (log_dir / "continual_metrics_task_agnostic_matrix.png").is_file()
-    # Among the union of all 6 classes a test image is never easier than among its task's 3.
+    # Among the union of all 4 classes a test image is never easier than among its task's 2.
     for row_aware, row_agnostic in zip([aware["zero_shot"], *aware["matrix"]],
                                        [agnostic["zero_shot"], *agnostic["matrix"]], strict=True):
         assert all(b <= a for a, b in zip(row_aware, row_agnostic, strict=True))

@@ -6,7 +6,8 @@ every rank's atoms: the frozen ones after each task boundary, and all of them at
 
 The ``gpu`` cases (skipped without CUDA) run DDP (NCCL), FSDP1 and FSDP2 on every GPU present (at
 most 8) against a one-GPU reference: fp32 with TF32 off, so differences are rounding only. The
-default run keeps one case of each kind (CPU DDP, CLIP); the rest are ``slow``.
+CPU cases are ``slow`` too (each fit is a fresh process, or two, that imports torch and Lightning: ~40 s
+for DDP): CI runs them in its slow step.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def gpu_single(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("accelerator", "strategy"), [
-    pytest.param("cpu", "ddp", id="ddp"),
+    # slow: 3 fresh processes, ~40 s. No default test starts a second process; the slow suite (CI) runs this.
+    pytest.param("cpu", "ddp", id="ddp", marks=pytest.mark.slow),
     pytest.param("cpu", "fsdp2", id="fsdp2", marks=pytest.mark.slow),
     on_gpu("ddp"), on_gpu("fsdp"), on_gpu("fsdp2"),
 ])
@@ -103,7 +105,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # 2 processes started by hand; the default run has Lightning's launch (test above)
+@pytest.mark.slow  # 2 processes started by hand; the slow suite has Lightning's launch too (test above)
 def test_externally_launched_ranks_all_exit_cleanly(tmp_path, single):
     # The torchrun / SLURM way: every rank is started from outside (Lightning sees LOCAL_RANK etc.).
     # Every rank must exit 0 after writing results: barrier, then the process group is destroyed.
@@ -141,7 +143,7 @@ def lm_single(tmp_path_factory):
     return root, lm_fit_in_subprocess(root)
 
 
-@pytest.mark.slow  # the CLIP case runs by default
+@pytest.mark.slow  # like the CLIP cases above
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_language_model_trains_alike_in_one_and_two_processes(tmp_path, lm_single, strategy):
     # Answers differ in length, so each rank's share of a batch holds a different number of answer

@@ -39,8 +39,13 @@ def finish(proc: subprocess.Popen, root: Path, timeout: float = 240) -> dict:
     return json.loads(next(root.rglob("continual_metrics.json")).read_text())
 
 
-@pytest.mark.parametrize("strategy", ["single", pytest.param("ddp", marks=pytest.mark.slow),
-                                      pytest.param("fsdp2", marks=pytest.mark.slow)])
+# All slow: three or more fresh processes, ~25 s even for one. By default, the same guarantee without the
+# SIGKILL, in-process: test_run_safety.py::test_last_continues_only_its_own_configuration_and_appends
+# (stopped inside task 2 at step 4, its file says finished: false; `--ckpt_path last` continues the same
+# version_0, which then says finished: true, with the matrix and every tensor of the uninterrupted run);
+# test_clip_cl.py resumes from task 1's last batch.
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["single", "ddp", "fsdp2"])
 def test_sigkill_mid_task_then_resume_is_bitwise_exact(tmp_path, strategy):
     # ddp: 2 processes, one file written by rank 0. fsdp2: 2 processes, checkpoints are folders of shards
     # restored after fully_shard wrapping.

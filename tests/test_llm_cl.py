@@ -205,7 +205,7 @@ def test_a_baseline_method_runs_on_a_language_model(tmp_path):
     assert len(json.loads((log_dir / "continual_metrics.json").read_text())["matrix"]) == 2
 
 
-@pytest.mark.slow  # three LM fits; resuming mid-task bitwise runs by default in test_kill_resume.py (CLIP)
+@pytest.mark.slow  # three LM fits; resuming mid-task bitwise runs by default in test_run_safety.py (CLIP)
 def test_resume_mid_task_with_atom_dropout_is_exact(tmp_path):
     # Atom dropout (the paper's 0.1) draws from the global RNG; its state travels in the checkpoint.
     dropout = ("--model.method.dropout", "0.1")

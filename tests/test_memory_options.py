@@ -158,9 +158,9 @@ def test_hugging_face_text_tower_checkpoints_too(one_thread):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
-def test_fit_with_both_options_ends_with_the_same_atoms(tmp_path, tiny_config):
+def test_fit_with_both_options_ends_with_the_same_atoms(tmp_path, tiny_config, finished_fit):
     """Two tasks through ``moram fit``: checkpointing both towers and prompts in chunks of 2 change nothing."""
-    cli, metrics, _ = run_fit(tmp_path / "plain", tiny_config)
+    cli, metrics = finished_fit.cli, finished_fit.metrics  # the same run without the options
     cli2, metrics2, _ = run_fit(tmp_path / "options", tiny_config, "--model.backbone.checkpointing", "true",
                                 "--model.backbone.prompt_chunk", "2")
     assert cli2.model.backbone.checkpointing == ["image", "text"]

@@ -11,8 +11,9 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from helpers import fit_args
+from helpers import copy_run, fit_args
 
 from moram.cli import entry, main
 from moram.runs import history_entries
@@ -47,8 +48,8 @@ def rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-def test_last_never_resumes_a_finished_run_and_touches_nothing(monkeypatch, capsys, tmp_path, tiny_config):
-    run = fit(tmp_path, tiny_config)
+def test_last_never_resumes_a_finished_run_and_touches_nothing(monkeypatch, capsys, tmp_path, finished_fit):
+    run, tiny_config = copy_run(finished_fit, tmp_path), finished_fit.config  # fit(tmp_path, ...), shared
     assert json.loads((run / "continual_metrics.json").read_text())["finished"] is True
     before = snapshot(tmp_path)
     code, _, err = run_entry(monkeypatch, capsys, fit_args(tmp_path, tiny_config, *CKPT_EVERY_STEP,
@@ -68,8 +69,9 @@ def test_last_never_resumes_a_finished_run_and_touches_nothing(monkeypatch, caps
     assert snapshot(tmp_path) == before
 
 
-def test_last_continues_only_its_own_configuration_and_appends(monkeypatch, capsys, tmp_path, tiny_config):
+def test_last_continues_only_its_own_configuration_and_appends(monkeypatch, capsys, tmp_path, finished_fit):
     # version_0: this configuration, stopped after 4 of 6 steps (unfinished); version_1, newer: rank 4
+    tiny_config = finished_fit.config  # finished_fit: the same configuration, uninterrupted
     mine = fit(tmp_path, tiny_config, "--trainer.max_steps", "4")
     other = fit(tmp_path, tiny_config, "--model.method.rank", "4", "--trainer.max_steps", "2")
     assert (mine.name, other.name) == ("version_0", "version_1")
@@ -108,10 +110,21 @@ def test_last_continues_only_its_own_configuration_and_appends(monkeypatch, caps
     # progress lines: where the run continues; the task is counted whole (3 steps), not from step 0
     assert "task 2/2 'synthetic 1': resumed at step 1/3 (global step 4)" in out, out
     assert "task 2/2 'synthetic 1': trained (3 steps" in out, out
+    # and it ends exactly like the uninterrupted run (test_resumed_run_equals_an_uninterrupted_one, slow)
+    want, got = (json.loads((p / "continual_metrics.json").read_text()) for p in (finished_fit.log_dir, mine))
+    assert got["matrix"] == want["matrix"]
+    assert got["zero_shot"] == want["zero_shot"]
+    a = torch.load(finished_fit.log_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(mine / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_config):
-    full = fit(tmp_path / "full", tiny_config)
+# slow: by default, test_last_continues_only_its_own_configuration_and_appends resumes a run stopped at
+# step 4 with `last` (beside another run) and checks the same equalities
+@pytest.mark.slow
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_config, finished_fit):
+    full = finished_fit.log_dir  # fit(tmp_path / "full", tiny_config), shared
     stopped = fit(tmp_path / "stopped", tiny_config, "--trainer.max_steps", "4")
     resumed = Path(main(fit_args(tmp_path / "stopped", tiny_config, *CKPT_EVERY_STEP, "--ckpt_path", "last"))
                    .trainer.log_dir)
@@ -125,8 +138,9 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_config):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_failed_start_leaves_no_run_folder(monkeypatch, capsys, tmp_path, tiny_config):
-    fit(tmp_path, tiny_config, "--trainer.max_steps", "1")  # a run of the user's, unfinished
+def test_failed_start_leaves_no_run_folder(monkeypatch, capsys, tmp_path, stopped_fit):
+    copy_run(stopped_fit, tmp_path)  # a run of the user's, unfinished: fit(..., "--trainer.max_steps", "1")
+    tiny_config = stopped_fit.config
     before = snapshot(tmp_path)
     code, _, err = run_entry(monkeypatch, capsys, fit_args(
         tmp_path, tiny_config, "--data.source", "moram.data.folder.FolderTasks", "--data.source.domains", "[a]",
@@ -137,8 +151,8 @@ def test_failed_start_leaves_no_run_folder(monkeypatch, capsys, tmp_path, tiny_c
     assert snapshot(tmp_path) == before
 
 
-def test_truncated_checkpoint_is_one_line_and_touches_nothing(monkeypatch, capsys, tmp_path, tiny_config):
-    run = fit(tmp_path, tiny_config, "--trainer.max_steps", "2")
+def test_truncated_checkpoint_is_one_line_and_touches_nothing(monkeypatch, capsys, tmp_path, stopped_fit):
+    run, tiny_config = copy_run(stopped_fit, tmp_path), stopped_fit.config  # an unfinished run of its own
     ckpt = run / "checkpoints" / "last.ckpt"
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
