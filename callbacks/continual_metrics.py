@@ -30,6 +30,7 @@ the callback asks it for that row in ``on_train_start``, before the next task ch
 
 from __future__ import annotations
 
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,9 @@ _RESUME_SCORES: weakref.WeakKeyDictionary[pl.Trainer, tuple[int, dict[str, float
 class ContinualMetricsCallback(Callback):
     """Record the accuracy matrix ``R[i, j]`` during ``fit`` and write it out after every row.
 
-    After every row, on global rank zero, ``continual_metrics.json`` (:func:`moram.metrics.summary`),
-    ``continual_metrics.csv`` and ``accuracy_matrix.png`` are (re)written into ``output_dir``, and
+    After every row, on global rank zero, ``continual_metrics.json`` (:func:`moram.metrics.summary`) and
+    ``continual_metrics.csv`` are (re)written into ``output_dir`` (``accuracy_matrix.png`` at most every
+    ``heatmap_interval`` seconds, and always when the fit ends or fails), and
     the scalar metrics are sent to the trainer's loggers as ``continual/<name>`` (``acc``, ``bwt``,
     ``fwt``, ``forgetting``, ``op``, ``trace_bwt`` and the means of ``transfer``, ``average``,
     ``last``). ``trainer.validate`` outside ``fit`` records nothing; it prints the scores.
@@ -79,12 +81,16 @@ class ContinualMetricsCallback(Callback):
         heatmap: bool = True,
         score_prefix: str = SCORE_PREFIX,
         name: str = "continual_metrics",
+        heatmap_interval: float = 30.0,
     ) -> None:
         """Create the callback.
 
         Args:
             output_dir: where the files go; None uses the trainer's log directory.
             heatmap: also write the heatmap PNG.
+            heatmap_interval: seconds between two redraws of the PNG while the run goes on (drawing takes
+                about 0.1 s; the JSON and CSV are rewritten after every row); it is always drawn when
+                the fit ends or stops on an error. 0 redraws it after every row.
             score_prefix: the module logs task ``t``'s score as ``score_prefix + t`` (default
                 :func:`moram.protocols.score_key`); another prefix tracks another view of the scores.
             name: stem of the files (``<name>.json``, ``<name>.csv``) and of the logged metrics; the
@@ -92,6 +98,8 @@ class ContinualMetricsCallback(Callback):
         """
         self.output_dir = output_dir
         self.heatmap = heatmap
+        self.heatmap_interval = heatmap_interval
+        self._drawn_at: float | None = None  # time.monotonic() of the last heatmap drawn
         self.score_prefix = score_prefix
         self.name = name
         self.task_names: list[str] | None = None
@@ -111,11 +119,15 @@ class ContinualMetricsCallback(Callback):
     def _key(self, task_name: str) -> str:
         return f"{self.score_prefix}{task_name}"
 
-    def _save(self) -> Path:
+    def _save(self, final: bool = False) -> Path:
         assert self._dir is not None, "set in setup()"
         default = self.name == "continual_metrics"
+        now = time.monotonic()
+        draw = self.heatmap and (final or self._drawn_at is None or now - self._drawn_at >= self.heatmap_interval)
+        if draw:
+            self._drawn_at = now
         # "finished": false while the run goes on or after it was killed, so a partial file never reads as a result
-        paths = save_all(self._dir, self.matrix, heatmap=self.heatmap, stem=self.name,
+        paths = save_all(self._dir, self.matrix, heatmap=draw, stem=self.name,
                          heatmap_name="accuracy_matrix.png" if default else f"{self.name}_matrix.png",
                          view=self._view, extra={"finished": self.finished})
         return paths["json"]
@@ -235,7 +247,7 @@ class ContinualMetricsCallback(Callback):
             return
         self.finished = self.matrix.num_trained == len(self.task_names) and not trainer.interrupted
         if trainer.is_global_zero and (self.rows or self.zero_shot is not None):
-            self.json_path = self._save()  # now with "finished": true
+            self.json_path = self._save(final=True)  # now with "finished": true, and the heatmap drawn
         table = format_table(self.summary())
         view = f", {self._view}" if self._view else ""
         rank_zero_info(f"Continual-learning metrics (scores in %{view}):\n{table}\nSaved to {self.json_path}")
@@ -245,6 +257,14 @@ class ContinualMetricsCallback(Callback):
                 f"ContinualMetricsCallback: no scores were recorded after tasks {gaps}, so the matrix stops "
                 "before them; run a validation pass at those task boundaries (record() fills a row)."
             )
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Draw the heatmap of the rows recorded so far (the JSON and CSV are current already)."""
+        if trainer.is_global_zero and self._dir is not None and self.task_names is not None and (
+            self.rows or self.zero_shot is not None
+        ):
+            self.json_path = self._save(final=True)
 
     # --------------------------------------------------------------------------------- resume
 

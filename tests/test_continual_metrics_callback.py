@@ -305,3 +305,19 @@ def test_unreadable_sanity_check_internals_skip_the_zero_shot_row(tmp_path, monk
     make_trainer(tmp_path, callback, max_epochs=1).fit(Classifier(), datamodule=Stream())
     assert callback.zero_shot is None
     assert sorted(callback.rows) == [0]
+
+
+def test_the_heatmap_is_redrawn_at_most_every_interval_and_always_at_the_end(tmp_path):
+    """JSON and CSV follow every row; the PNG (about 0.1 s to draw) at most every heatmap_interval seconds."""
+    callback = ContinualMetricsCallback(output_dir=tmp_path, heatmap_interval=3600.0)
+    callback.task_names, callback._dir = ["a", "b"], tmp_path  # what setup() sets from the task stream
+    png = tmp_path / "accuracy_matrix.png"
+    callback.record(None, {"a": 10.0, "b": 20.0})
+    callback._save()
+    drawn = png.read_bytes()  # the first row is drawn at once
+    callback.record(0, {"a": 80.0, "b": 30.0})
+    callback._save()
+    assert png.read_bytes() == drawn  # within the interval: not redrawn
+    assert json.loads((tmp_path / "continual_metrics.json").read_text())["matrix"] == [[80.0, 30.0]]
+    callback._save(final=True)  # the end of the fit (or an error) always draws
+    assert png.read_bytes() != drawn
