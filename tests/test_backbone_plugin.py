@@ -37,8 +37,12 @@ def plugin_config(tmp_path: Path, method: str | None = None) -> Path:
     return path
 
 
-@pytest.mark.parametrize("method", [None, "moram.baselines.SequentialLoRAConfig", "method_plugin.SummedLoRAConfig"],
-                         ids=["moram", "sequential-lora", "own-method"])
+@pytest.mark.parametrize("method", [
+    None,
+    # sequential LoRA's fit through the CLI is checked by default in test_baselines.py
+    pytest.param("moram.baselines.SequentialLoRAConfig", marks=pytest.mark.slow),
+    "method_plugin.SummedLoRAConfig",
+], ids=["moram", "sequential-lora", "own-method"])
 def test_a_backbone_written_outside_the_package_learns_each_task_through_the_cli(tmp_path, method):
     cli = main(["fit", "--config", str(plugin_config(tmp_path, method))])
     log_dir = Path(cli.trainer.log_dir)

@@ -82,6 +82,7 @@ def test_an_lm_run_writes_and_prints_the_leakage_table(tmp_path, capsys):
     assert (log_dir / "atom_usage" / "after_task2_leakage.png").is_file()
 
 
+@pytest.mark.slow  # the leakage numbers are checked by default on the hand-built layers above; this is the CLI run
 def test_a_clip_run_with_rank_r_experts_reports_leakage(tmp_path, tiny_config):  # noqa: F811
     cli, _ = fit_with(tmp_path, tiny_config, "moram.baselines.RankRExperts", "--model.method.rank", "2", USAGE)
     usage = next(c for c in cli.trainer.callbacks if isinstance(c, AtomUsageCallback))

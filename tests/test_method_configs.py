@@ -83,10 +83,13 @@ def test_a_method_given_on_the_command_line_starts_from_its_own_defaults(capsys,
 def test_a_run_adapts_the_same_targets_whatever_the_method(tmp_path, tiny_config):
     names = {}
     for method in ("moram.atoms.MoRAMConfig", "moram.baselines.RankRExpertsConfig"):
-        cli = main([*fit_args(tmp_path / method, tiny_config, "--model.method", method, "--model.method.rank", "2",
-                              "--model.targets", "[re:.*attn\\.(q|v)_proj]"), "--trainer.max_steps", "1"])
+        args = fit_args(tmp_path / method, tiny_config, "--model.method", method, "--model.method.rank", "2",
+                        "--model.targets", "[re:.*attn\\.(q|v)_proj]", "--model.max_tasks", "2")
+        cli = main(args[1:], run=False)  # without the subcommand: build, do not fit
+        cli.model.configure_model()  # what fit does first; the targets, capacity and seed are the module's
         names[method] = [n for n, _ in continual_layers(cli.model.model)]
         assert cli.model.adapted == names[method]
+        assert {layer.max_tasks for _, layer in continual_layers(cli.model.model)} == {2}
     moram = names["moram.atoms.MoRAMConfig"]
     assert moram == names["moram.baselines.RankRExpertsConfig"]
     assert moram

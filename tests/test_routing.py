@@ -294,8 +294,10 @@ def test_autocast_bf16_routes_in_float32(n_atoms, training, grad):
         assert torch.isfinite(layer.current_keys.grad).all()
 
 
-@pytest.mark.parametrize("n_atoms", [16, pytest.param(32, marks=pytest.mark.slow),  # dense and sparse value sums
-                                     pytest.param(160, marks=pytest.mark.slow)])  # current atoms only
+# torch.compile of a layer takes seconds on CPU: slow (the eager kernels are checked by default above)
+@pytest.mark.slow
+@pytest.mark.parametrize("n_atoms", [16, 32,  # dense and sparse value sums
+                                     160])  # current atoms only
 def test_compiles_without_graph_breaks(n_atoms):
     torch._dynamo.reset()
     layer = make_layer(n_atoms, 8, dtype=torch.float32)
