@@ -33,7 +33,11 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD))
+#: one method option by default (the others take the same path: MethodConfig.check, ConfigError, one line)
+SAME_PATH = ("top_k", "temperature", "dropout", "threshold")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SAME_PATH else c for c in BAD])
 def test_bad_input_is_one_message_naming_it(monkeypatch, capsys, tmp_path, tiny_config, case):
     extra, pattern = BAD[case]
     code, err = run_entry(monkeypatch, capsys, fit_args(tmp_path, tiny_config, *extra))

@@ -19,7 +19,12 @@ def test_configs_exist():
     assert {"clip_cl.yaml", "clip_xtail.yaml", "llm_cl.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+#: the offline defaults parse by default; every other shipped config in the slow suite
+DEFAULTS = ("clip_cl.yaml", "llm_cl.yaml")
+
+
+@pytest.mark.parametrize("path", [p if p.name in DEFAULTS else pytest.param(p, marks=pytest.mark.slow)
+                                  for p in CONFIGS], ids=lambda p: p.name)
 def test_config_parses_and_instantiates(path, tmp_path):
     text = path.read_text()
     assert text.startswith("#"), f"{path.name} must start with a comment header (what, command, hardware)"

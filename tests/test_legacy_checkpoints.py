@@ -46,7 +46,8 @@ def today(stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return renamed
 
 
-@pytest.mark.parametrize("name", ["clip", "lm"])
+# the LM case in the slow suite: an LM checkpoint of 0.2 resumes by default (tests/test_upgrades.py)
+@pytest.mark.parametrize("name", ["clip", pytest.param("lm", marks=pytest.mark.slow)])
 def test_an_old_checkpoint_resumes_with_its_atoms_and_scores(tmp_path, monkeypatch, name):
     monkeypatch.chdir(ROOT)  # the fixture's options name files relative to the repository
     checkpoint = FIXTURE / f"{name}.ckpt"

@@ -65,9 +65,9 @@ def _loss_and_grads(tmp_path, chunk=None, **options):
 
 @pytest.mark.parametrize(("options", "chunk"), [
     ({"checkpointing": True}, None),
-    ({"checkpointing": ["text"]}, None),
-    ({"checkpointing": ["image"]}, None),
-    ({}, 3),  # 7 prompts in chunks of 3, 3, 1
+    pytest.param({"checkpointing": ["text"]}, None, marks=pytest.mark.slow),  # one tower: both towers cover it
+    pytest.param({"checkpointing": ["image"]}, None, marks=pytest.mark.slow),
+    pytest.param({}, 3, marks=pytest.mark.slow),  # 7 prompts in chunks of 3, 3, 1 (chunks of 2 below by default)
     ({"checkpointing": True}, 2),
 ])
 def test_checkpointing_and_chunks_give_the_same_loss_and_gradients(tmp_path, one_thread, options, chunk):
