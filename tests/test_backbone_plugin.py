@@ -38,7 +38,9 @@ def plugin_config(tmp_path: Path, method: str | None = None) -> Path:
 
 
 @pytest.mark.parametrize("method", [
-    None,
+    # the plugin backbone with MoRAM in the slow suite: by default the same backbone runs with a method of
+    # one's own (own-method), and MoRAM's CLI fit is checked by default on CLIP (tests/test_clip_cl.py)
+    pytest.param(None, marks=pytest.mark.slow),
     # sequential LoRA's fit through the CLI is checked by default in test_baselines.py
     pytest.param("moram.baselines.SequentialLoRAConfig", marks=pytest.mark.slow),
     "method_plugin.SummedLoRAConfig",

@@ -73,7 +73,9 @@ def build(kind: str, tmp_path: Path) -> tuple[nn.Module, torch.Tensor, torch.Ten
 EXPECTED = {"clip": (2 * 6, 2 * 6), "custom_text": (2 * 6, 2 * 6), "bert": (2 * 6, 2 * 6), "minilm": (4 * 6, 6 * 6)}
 
 
-@pytest.mark.parametrize("kind", list(EXPECTED))
+# the packaged MiniLM tower in the slow suite: the same Hugging Face (BERT) layers are checked by default ("bert"),
+# and the packaged model is adapted by default in tests/test_adapter_reload.py and tests/test_memory_options.py
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == "minilm" else k for k in EXPECTED])
 def test_injection_contract(kind: str, tmp_path: Path) -> None:
     model, images, tokens = build(kind, tmp_path)
 
