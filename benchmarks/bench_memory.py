@@ -122,6 +122,8 @@ def build_xtail(checkpointing: bool, chunk: int | None, tiny: bool = False) -> t
                 values.copy_(1e-2 * torch.randn(values.shape, generator=gen))
             if task < TASKS - 1:
                 layer.consolidate()
+    for layer in layers:
+        layer.mark_trained()  # as a training step does: the tenth task's atoms route at inference too
     model.train()
     return backbone, model, atoms
 
