@@ -7,16 +7,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from moram.adapters.method import MethodConfig
+from moram.atoms.linear import AtomLinear
 from moram.errors import ConfigError
 
 if TYPE_CHECKING:
     from moram.adapters.layer import ContinualLinear
-
-
-def _atom_linear() -> type[ContinualLinear]:
-    from moram.atoms.linear import AtomLinear
-
-    return AtomLinear
 
 
 @dataclass(frozen=True)
@@ -56,6 +51,7 @@ class MoRAMConfig(MethodConfig):
     signed_scores: bool = True
     reference: bool = False
 
+    layer_class: ClassVar[type[ContinualLinear] | None] = AtomLinear
     runtime_options: ClassVar[tuple[str, ...]] = ("threshold", "dropout", "reference")
 
     def __post_init__(self) -> None:
@@ -68,10 +64,6 @@ class MoRAMConfig(MethodConfig):
             "threshold", self.threshold is None or -1.0 <= self.threshold <= 1.0,
             "None or a float in [-1, 1] (scores are normalised)",
         )
-
-    @property
-    def layer_class(self) -> type[ContinualLinear]:  # type: ignore[override]
-        return _atom_linear()
 
     @classmethod
     def llm(cls, **overrides: Any) -> MoRAMConfig:

@@ -9,17 +9,19 @@ dense reference), its fast computation :mod:`moram.atoms.kernels`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from moram.adapters.layer import ContinualLinear, LayerCost
-from moram.atoms.config import AtomConfig, MoRAMConfig
 from moram.atoms.kernels import routed_delta
 from moram.atoms.routing import normalized_topk_weights, reference_delta
 from moram.distributed import full_value
 from moram.errors import ConfigError
+
+if TYPE_CHECKING:  # the configs import this module (MoRAMConfig.layer_class)
+    from moram.atoms.config import AtomConfig, MoRAMConfig
 
 
 class AtomLinear(ContinualLinear):
@@ -43,6 +45,7 @@ class AtomLinear(ContinualLinear):
         seed: the layer's seed; task ``t``'s atoms are drawn from a generator of ``(seed, t)``.
 
     Example:
+        >>> from moram.atoms.config import MoRAMConfig
         >>> layer = AtomLinear(nn.Linear(8, 4), 8, 4, MoRAMConfig(rank=2), max_tasks=2)
         >>> x = torch.randn(3, 8)
         >>> torch.equal(layer(x), layer.base(x))  # values start at zero
@@ -63,6 +66,8 @@ class AtomLinear(ContinualLinear):
         self, base: nn.Module, in_features: int, out_features: int, config: MoRAMConfig | AtomConfig | None = None,
         *, max_tasks: int | None = None, seed: int = 0,
     ):
+        from moram.atoms.config import AtomConfig, MoRAMConfig
+
         if isinstance(config, AtomConfig):
             max_tasks = config.max_tasks if max_tasks is None else max_tasks
             config = config.method

@@ -18,7 +18,7 @@ absolute selection coincide). With r = 1 and one atom per task this is MoRAM wit
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,9 @@ from torch import Tensor, nn
 from moram.adapters.layer import LayerCost
 from moram.atoms.routing import normalized_topk_weights
 from moram.baselines.expert_store import ExpertStoreLinear
-from moram.baselines.method import RankRExpertsConfig
+
+if TYPE_CHECKING:  # the config imports this module (its layer_class)
+    from moram.baselines.method import RankRExpertsConfig
 
 
 class ExpertBankLinear(ExpertStoreLinear):
@@ -48,7 +50,10 @@ class ExpertBankLinear(ExpertStoreLinear):
         self, base: nn.Module, in_features: int, out_features: int, config: RankRExpertsConfig | None = None, *,
         max_tasks: int, seed: int = 0, **options: Any,
     ) -> None:
-        config = config if config is not None else RankRExpertsConfig(**options)
+        if config is None:  # the options as keywords
+            from moram.baselines.method import RankRExpertsConfig
+
+            config = RankRExpertsConfig(**options)
         super().__init__(base, in_features, out_features, config, max_tasks=max_tasks, seed=seed)
         self.top_k, self.temperature, self.threshold = config.top_k, config.temperature, config.threshold
 

@@ -8,21 +8,24 @@ classic forgetting baseline.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moram.adapters.layer import ContinualLinear, LayerCost
-from moram.baselines.method import SequentialLoRAConfig
 from moram.distributed import assign_full
+
+if TYPE_CHECKING:  # the config imports this module (its layer_class)
+    from moram.baselines.method import SequentialLoRAConfig
 
 
 class LoRALinear(ContinualLinear):
     """A frozen linear map plus one LoRA of rank ``rank`` shared by all tasks.
 
     Example:
+        >>> from moram.baselines import SequentialLoRAConfig
         >>> layer = LoRALinear(nn.Linear(8, 4), 8, 4, SequentialLoRAConfig(rank=2), max_tasks=3)
         >>> x = torch.randn(3, 8)
         >>> torch.equal(layer(x), layer.base(x))  # B starts at zero
@@ -35,7 +38,10 @@ class LoRALinear(ContinualLinear):
         self, base: nn.Module, in_features: int, out_features: int, config: SequentialLoRAConfig | None = None, *,
         max_tasks: int, seed: int = 0, **options: Any,
     ) -> None:
-        config = config if config is not None else SequentialLoRAConfig(**options)
+        if config is None:  # the options as keywords
+            from moram.baselines.method import SequentialLoRAConfig
+
+            config = SequentialLoRAConfig(**options)
         super().__init__(base, in_features, out_features, config, max_tasks=max_tasks, seed=seed)
         self.rank, self.scale = config.rank, config.scale
         rank = config.rank

@@ -25,14 +25,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 from torch import nn
 
+from moram.adapters.layer import ContinualLinear
 from moram.adapters.method import AdapterMethod, MethodConfig
-
-if TYPE_CHECKING:
-    from moram.adapters.layer import ContinualLinear
+from moram.baselines.experts import ExpertBankLinear
+from moram.baselines.lora import LoRALinear
+from moram.baselines.moe_lora import MoELoRALinear
+from moram.baselines.olora import OLoRALinear
 
 __all__ = [
     "AdapterMethod",
@@ -71,14 +73,10 @@ class SequentialLoRAConfig(MethodConfig):
     rank: int = 8
     scale: float = 1.0
 
+    layer_class: ClassVar[type[ContinualLinear] | None] = LoRALinear
+
     def __post_init__(self) -> None:
         self.check("rank", self.rank >= 1, "an integer >= 1")
-
-    @property
-    def layer_class(self) -> type[ContinualLinear]:  # type: ignore[override]
-        from moram.baselines.lora import LoRALinear
-
-        return LoRALinear
 
 
 @dataclass(frozen=True)
@@ -95,15 +93,11 @@ class MoELoRAConfig(MethodConfig):
     top_k: int = 2
     scale: float = 1.0
 
+    layer_class: ClassVar[type[ContinualLinear] | None] = MoELoRALinear
+
     def __post_init__(self) -> None:
         self.check("rank", self.rank >= 1, "an integer >= 1")
         self.check("top_k", self.top_k >= 1, "an integer >= 1")
-
-    @property
-    def layer_class(self) -> type[ContinualLinear]:  # type: ignore[override]
-        from moram.baselines.moe_lora import MoELoRALinear
-
-        return MoELoRALinear
 
 
 @dataclass(frozen=True)
@@ -124,16 +118,12 @@ class RankRExpertsConfig(MethodConfig):
     threshold: float | None = 0.2
     scale: float = 1.0
 
+    layer_class: ClassVar[type[ContinualLinear] | None] = ExpertBankLinear
+
     def __post_init__(self) -> None:
         self.check("rank", self.rank >= 1, "an integer >= 1")
         self.check("top_k", self.top_k >= 1, "an integer >= 1")
         self.check("temperature", self.temperature > 0, "a float > 0")
-
-    @property
-    def layer_class(self) -> type[ContinualLinear]:  # type: ignore[override]
-        from moram.baselines.experts import ExpertBankLinear
-
-        return ExpertBankLinear
 
 
 @dataclass(frozen=True)
@@ -157,17 +147,13 @@ class OLoRAConfig(MethodConfig):
     lambda_orth: float = 0.5
     lambda_l2: float = 0.0
 
-    runtime_options = ("dropout",)
+    layer_class: ClassVar[type[ContinualLinear] | None] = OLoRALinear
+
+    runtime_options: ClassVar[tuple[str, ...]] = ("dropout",)
 
     def __post_init__(self) -> None:
         self.check("rank", self.rank >= 1, "an integer >= 1")
         self.check("dropout", 0.0 <= self.dropout < 1.0, "a float in [0, 1)")
-
-    @property
-    def layer_class(self) -> type[ContinualLinear]:  # type: ignore[override]
-        from moram.baselines.olora import OLoRALinear
-
-        return OLoRALinear
 
 
 ZeroShot = ZeroShotConfig

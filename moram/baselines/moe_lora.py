@@ -14,7 +14,7 @@ trained Parameter, the router's Adam state is zeroed at each boundary by ``TaskB
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +22,10 @@ from torch import Tensor, nn
 
 from moram.adapters.layer import LayerCost
 from moram.baselines.expert_store import ExpertStoreLinear
-from moram.baselines.method import MoELoRAConfig
 from moram.distributed import assign_full
+
+if TYPE_CHECKING:  # the config imports this module (its layer_class)
+    from moram.baselines.method import MoELoRAConfig
 
 
 class MoELoRALinear(ExpertStoreLinear):
@@ -41,7 +43,10 @@ class MoELoRALinear(ExpertStoreLinear):
         self, base: nn.Module, in_features: int, out_features: int, config: MoELoRAConfig | None = None, *,
         max_tasks: int, seed: int = 0, **options: Any,
     ) -> None:
-        config = config if config is not None else MoELoRAConfig(**options)
+        if config is None:  # the options as keywords
+            from moram.baselines.method import MoELoRAConfig
+
+            config = MoELoRAConfig(**options)
         super().__init__(base, in_features, out_features, config, max_tasks=max_tasks, seed=seed)
         self.top_k = config.top_k
         self.router = nn.Parameter(torch.zeros(max_tasks, in_features, **self.factory_kwargs))

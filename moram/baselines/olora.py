@@ -22,7 +22,7 @@ Every LoRA has ``B`` zero until trained, so the present one needs no "untrained"
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +30,10 @@ from torch import Tensor, nn
 
 from moram.adapters.layer import LayerCost
 from moram.baselines.expert_store import LoRAStoreLinear
-from moram.baselines.method import OLoRAConfig
 from moram.distributed import full_value
+
+if TYPE_CHECKING:  # the config imports this module (its layer_class)
+    from moram.baselines.method import OLoRAConfig
 
 
 class OLoRALinear(LoRAStoreLinear):
@@ -56,7 +58,10 @@ class OLoRALinear(LoRAStoreLinear):
         self, base: nn.Module, in_features: int, out_features: int, config: OLoRAConfig | None = None, *,
         max_tasks: int, seed: int = 0, **options: Any,
     ) -> None:
-        config = config if config is not None else OLoRAConfig(**options)
+        if config is None:  # the options as keywords
+            from moram.baselines.method import OLoRAConfig
+
+            config = OLoRAConfig(**options)
         super().__init__(base, in_features, out_features, config, max_tasks=max_tasks, seed=seed)
         self.dropout, self.lambda_orth, self.lambda_l2 = config.dropout, config.lambda_orth, config.lambda_l2
 
