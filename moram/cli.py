@@ -344,8 +344,9 @@ class MoramCLI(LightningCLI):
 
         See :func:`_restore_nulls`.
         """
-        if args is None and fresh_method_options(sys.argv[1:]) != sys.argv[1:]:
-            self.config = parser.parse_args(fresh_method_options(sys.argv[1:]))  # what LightningCLI does with argv
+        fresh = fresh_method_options(sys.argv[1:]) if args is None else None
+        if fresh is not None and fresh != sys.argv[1:]:
+            self.config = parser.parse_args(fresh)  # what LightningCLI does with argv
         else:
             if isinstance(args, (list, tuple)):
                 args = fresh_method_options(list(args))

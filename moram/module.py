@@ -215,25 +215,18 @@ class ContinualModule(LightningModule):
         """``max_tasks``, taken from the trainer's task stream when it is null."""
         if self.max_tasks is not None:
             return int(self.max_tasks)
-        stream = self._datamodule()
+        stream = self._trainer_attribute("datamodule")
         if stream is None or not is_task_stream(stream):
             raise ConfigError("model.max_tasks is null and there is no task stream to take it from; set it")
         return int(stream.num_tasks)
 
-    def _ckpt_path(self) -> Any:
-        """The checkpoint the trainer restores from (for messages), or None outside a Trainer."""
-        try:
-            return getattr(self.trainer, "ckpt_path", None)
-        except RuntimeError:
-            return None
-
-    def _datamodule(self) -> Any:
-        """The trainer's datamodule, or None outside a Trainer."""
+    def _trainer_attribute(self, name: str) -> Any:
+        """``self.trainer.<name>`` (the datamodule, the checkpoint being restored), or None outside a Trainer."""
         try:
             trainer = self.trainer
         except RuntimeError:  # not attached to a Trainer (Lightning's message)
             return None
-        return getattr(trainer, "datamodule", None)
+        return getattr(trainer, name, None)
 
     def backbone_options(self) -> dict[str, Any]:
         """The backbone's build options, recorded in checkpoints (:mod:`moram.checkpoint`)."""
@@ -358,7 +351,7 @@ class ContinualModule(LightningModule):
 
         if isinstance(checkpoint.get("state_dict"), dict):  # entries of earlier versions, before keys are checked
             upgrade_model_state(self, checkpoint["state_dict"])
-        check_resume(self, checkpoint, self._ckpt_path())
+        check_resume(self, checkpoint, self._trainer_attribute("ckpt_path"))
         self._pending_rng = checkpoint.get("moram_rng")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -532,7 +525,7 @@ class ContinualModule(LightningModule):
                               "trainable parameter; check model.targets and model.method's options")
         optimizer = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         fixed, warmup = self.steps_per_task, self.warmup_steps
-        data = self._datamodule()
+        data = self._trainer_attribute("datamodule")
         per_task = getattr(data, "steps_for", None) if fixed is None else None
         if fixed is None and not callable(per_task):
             fixed = getattr(data, "steps_per_task", None)
