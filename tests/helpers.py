@@ -266,3 +266,18 @@ class Pace(Callback):
         if trainer.is_global_zero and not self.marker.exists():
             self.marker.write_text(str(trainer.global_step))
         time.sleep(self.seconds)
+
+
+# ---------------------------------------------------------------------------- files of earlier versions
+def fixture_backbone() -> nn.Module:
+    """The MLP the files of earlier versions were written on (tests/fixtures/pre_*; its weights are not in them)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4))
+
+
+def check_fixture_outputs(model: nn.Module, expected: dict[str, torch.Tensor], name: str) -> None:
+    """``model`` gives the fixture's recorded eval output ``expected["<name>_y"]`` and has finished one task."""
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(expected["x"]), expected[f"{name}_y"], rtol=1e-6, atol=1e-7)
+    assert [layer.task_index for _, layer in continual_layers(model)] == [1, 1]

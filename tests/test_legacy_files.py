@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import check_fixture_outputs, fixture_backbone
 from torch import nn
 
-from moram import AtomConfig, continual_layers, inject_atoms, load_atoms
+from moram import AtomConfig, inject_atoms, load_atoms
 from moram.baselines import MoELoRA, RankRExperts, SequentialLoRA
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pre_adapter_base"
@@ -25,16 +26,11 @@ BASELINES = {
 }
 
 
-def backbone() -> nn.Module:
-    torch.manual_seed(0)  # the fixture's backbone: the frozen weights are not in the adapter file
-    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4))
+backbone = fixture_backbone
 
 
 def check(model: nn.Module, name: str) -> None:
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(model(EXPECTED["x"]), EXPECTED[f"{name}_y"], rtol=1e-6, atol=1e-7)
-    assert [layer.task_index for _, layer in continual_layers(model)] == [1, 1]
+    check_fixture_outputs(model, EXPECTED, name)
 
 
 def test_old_moram_state_dict_loads_with_its_task_counter():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import check_fixture_outputs, fixture_backbone
 from torch import nn
 
 from moram import AtomConfig, MoRAMConfig, continual_layers, inject_atoms, load_adapters
@@ -34,16 +35,11 @@ BASELINES = {
 }
 
 
-def backbone() -> nn.Module:
-    torch.manual_seed(0)  # the fixture's backbone: the frozen weights are not in adapter files
-    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4))
+backbone = fixture_backbone
 
 
 def check(model: nn.Module, name: str) -> None:
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(model(EXPECTED["x"]), EXPECTED[f"{name}_y"], rtol=1e-6, atol=1e-7)
-    assert [layer.task_index for _, layer in continual_layers(model)] == [1, 1]
+    check_fixture_outputs(model, EXPECTED, name)
 
 
 def test_a_moram_state_of_0_2_loads_strictly_with_its_counters_and_trained_flag():
