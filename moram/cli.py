@@ -200,6 +200,20 @@ def _first(logger: Any) -> Any:
     return logger[0] if isinstance(logger, list) and logger else logger
 
 
+def _runtime_options(class_path: Any) -> tuple[str, ...]:
+    """The ``runtime_options`` of a method config class path (none when it is not one)."""
+    if not isinstance(class_path, str) or "." not in class_path:
+        return ()
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return ()
+    return tuple(getattr(cls, "runtime_options", ()))
+
+
 def _class_name(node: Any) -> str:
     path = node.get("class_path") if hasattr(node, "get") else None
     return str(path or "").rsplit(".", 1)[-1]
@@ -410,6 +424,9 @@ class MoramCLI(LightningCLI):
         after = _flat(parsed[subcommand].model.as_dict())
         keys = sorted(set(before) | set(after))
         diff = {k: (after.get(k), before.get(k)) for k in keys if before.get(k) != after.get(k)}
+        if subcommand != "fit":  # evaluating: how to compute at inference (delta, dropout) may differ from training
+            runtime = _runtime_options(after.get("method.class_path"))
+            diff = {k: v for k, v in diff.items() if not (k.startswith("method.") and k[7:] in runtime)}
         return "; ".join(f"model.{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in diff.items())
 
     def _parse_ckpt_path(self) -> None:

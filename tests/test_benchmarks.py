@@ -149,3 +149,38 @@ def test_step_benchmark_tables_memory_and_schedule(tiny_config, capsys, one_thre
     assert len(sched["step_s"]) == 2
     assert sched["estimated_s"] == pytest.approx(500 * sum(sched["step_s"]))
     assert "target < 10 minutes on one H200" in out
+
+
+# ---------------------------------------------------------------------------- the task-identity probe
+
+llm_task_probe = load("llm_task_probe")
+
+
+def test_positive_only_routing_columns_on_hand_computed_tokens():
+    """Mean direction, own subspace and task-mean cosine of the probe, on tokens small enough to do by hand."""
+    y = torch.tensor([0, 0, 1, 1])
+    # means m0 = (2, 0.5), m1 = (0.5, 3): cos = 2.5 / (sqrt(4.25) sqrt(9.25)) = 0.3987
+    x = torch.tensor([[2.0, 0.0], [2.0, 1.0], [0.0, 3.0], [1.0, 3.0]])
+    assert llm_task_probe.mean_cosine_between_tasks(x, y, 2) == pytest.approx(2.5 / (4.25**0.5 * 9.25**0.5), abs=1e-6)
+    # (1, 1): cosines 2.5 / 2.062 = 1.213 (task 0) vs 3.5 / 3.041 = 1.151 -> task 0;
+    # (1, 2): 3.0 / 2.062 = 1.455 vs 6.5 / 3.041 = 2.137 -> task 1 (labelled 0 here: wrong)
+    xt = torch.tensor([[1.0, 1.0], [1.0, 2.0]])
+    assert llm_task_probe.mean_direction_accuracy(x, y, xt, torch.tensor([0, 0]), 2) == 0.5
+    # sign-symmetric tasks (zero means): task 0 spans e1 (E[x xT] = diag(9, 0)), task 1 spans e2
+    x = torch.tensor([[3.0, 0.0], [-3.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+    xt = torch.tensor([[1.0, 0.5], [-0.5, -1.0], [-2.0, 0.1]])
+    assert llm_task_probe.subspace_accuracy(x, y, xt, torch.tensor([0, 1, 0]), 2, 1) == 1.0
+    assert llm_task_probe.subspace_accuracy(x, y, xt, torch.tensor([1, 0, 0]), 2, 1) == pytest.approx(1 / 3)
+
+
+def test_key_routing_leakage_is_the_later_blocks_share_per_earlier_task():
+    llm_key_routing = load("llm_key_routing")
+    # 3 tasks x rank 2 atoms; two tokens of task 0, one of task 1, one of task 2
+    w = torch.tensor([
+        [0.5, 0.1, 0.2, 0.0, 0.2, 0.0],  # task 0: later blocks take 0.2 + 0.2 of 1.0
+        [0.3, 0.3, 0.0, 0.0, 0.0, 0.0],  # task 0: none (0.6 in all: shares are of the task's total weight)
+        [0.0, 0.0, 0.25, 0.25, 0.5, 0.0],  # task 1: block 2 takes 0.5 of 1.0
+        [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],  # task 2: the last task has no later block: not reported
+    ])
+    y = torch.tensor([0, 0, 1, 2])
+    assert llm_key_routing.leakage_of(w, y, rank=2, tasks=3) == pytest.approx([0.4 / 1.6, 0.5])

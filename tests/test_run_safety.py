@@ -182,3 +182,20 @@ def test_the_newest_stored_config_is_what_a_resume_is_compared_with(tmp_path):
     assert data_differences(stored, {"batch_size": 16, "num_workers": 4, "seed": 1}) == {}  # only one side: skipped
     assert data_differences(stored, {"batch_size": 8}) == {"batch_size": (16, 8)}
     assert data_differences({"x.num_workers": 0}, {"x.num_workers": 2}) == {}  # changes nothing a run learns
+
+
+def test_evaluating_at_another_gate_is_allowed_but_learnt_settings_must_match(monkeypatch, capsys, tmp_path,
+                                                                              finished_fit):
+    """delta (the inference gate) is a runtime option: ``moram validate`` may score a run at another value;
+    a learnt option (the temperature the keys were trained with) is still refused, naming it."""
+    run, tiny_config = copy_run(finished_fit, tmp_path), finished_fit.config
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    validate = ["validate", *fit_args(tmp_path, tiny_config)[1:], "--ckpt_path", ckpt]
+
+    for extra in ([], ["--model.method.threshold", "1.0"], ["--model.method.threshold", "-1"]):
+        code, out, err = run_entry(monkeypatch, capsys, [*validate, *extra])
+        assert code == 0, (extra, err)
+        assert "eval/score/" in out  # every task scored
+    code, _, err = run_entry(monkeypatch, capsys, [*validate, "--model.method.temperature", "0.5"])
+    assert code == 2
+    assert "model.method.temperature: checkpoint 0.01, config 0.5" in err, err
